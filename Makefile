@@ -1,0 +1,38 @@
+# make demo: set up .venv if missing, install, run the parity check on a small default set.
+# make test: same set-up, then the test suite (slow variants excluded; `make test-slow` runs them).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU build by default; on a GPU machine e.g. `make test TORCH_SPEC='torch==2.11.*'`.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow test-all lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test,experiments]"
+	touch $@
+
+demo: install
+	$(PY) -m parity list
+	$(PY) -m parity check
+
+test: install
+	$(PY) -m ruff check parity torchnets jaxnets tests scripts
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -q -m "slow" $(PYTEST_ARGS)
+
+test-all: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check parity torchnets jaxnets tests scripts
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,23 @@
+"""Flax Linen twins of every model in parity.specs (NHWC), path for path torchnets' names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxnets.resnet import ResNet
+from jaxnets.vgg import VGG
+from parity import specs
+
+__all__ = ["build", "list_models", "VGG", "ResNet"]
+
+list_models = specs.list_models
+
+
+def build(name: str, *, dtype: Any = None, param_dtype: Any = jnp.float32, **overrides) -> nn.Module:
+    """The Flax model ``name`` (see parity.specs); ``dtype`` is the compute dtype (e.g. bfloat16)."""
+    spec = specs.get(name, **overrides)
+    cls = VGG if isinstance(spec, specs.VGGSpec) else ResNet
+    return cls(spec, dtype=dtype, param_dtype=param_dtype)

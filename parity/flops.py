@@ -1,0 +1,96 @@
+"""Analytic parameter and MAC counts per variant, from the same plans the twins are built from.
+
+MACs count multiply-accumulates of convolutions and linear layers only, as torchvision's
+"GFLOPS" metadata does (it is really GMACs). One training step costs about 3 forward passes,
+so FLOPs per image per train step = 6 x MACs, per inference = 2 x MACs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from parity import specs
+
+__all__ = ["Count", "count", "train_flops", "infer_flops"]
+
+
+@dataclass(frozen=True)
+class Count:
+    params: int
+    macs: int  # per image, at the size given to count()
+
+
+def _out(size: int, k: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - k) // stride + 1
+
+
+def _conv(h: int, w: int, cin: int, cout: int, k: int, stride: int = 1,
+          groups: int = 1) -> tuple[int, int, int]:
+    """(params without bias, MACs, out size) of a torch-padded (k // 2) conv."""
+    oh, ow = _out(h, k, stride, k // 2), _out(w, k, stride, k // 2)
+    weights = cout * (cin // groups) * k * k
+    return weights, weights * oh * ow, oh, ow
+
+
+def _vgg(spec: specs.VGGSpec, h: int, w: int) -> Count:
+    params = macs = 0
+    c = spec.in_channels
+    for layer in spec.features():
+        if layer.kind == "conv":
+            p, m, h, w = _conv(h, w, c, layer.out, layer.kernel)
+            params, macs, c = params + p + layer.out, macs + m, layer.out
+        elif layer.kind == "bn":
+            params += 2 * layer.out
+        elif layer.kind == "pool":
+            h, w = h // 2, w // 2
+    for layer in spec.classifier():
+        if layer.kind == "linear":
+            params += layer.out * layer.inp + layer.out
+            macs += layer.out * layer.inp
+    return Count(params, macs)
+
+
+def _resnet(spec: specs.ResNetSpec, h: int, w: int) -> Count:
+    c = spec.stem_width
+    k, stride = (3, 1) if spec.cifar else (7, 2)
+    params, macs, h, w = _conv(h, w, spec.in_channels, c, k, stride)
+    params += 2 * c
+    if not spec.cifar:
+        h, w = _out(h, 3, 2, 1), _out(w, 3, 2, 1)
+    for stage in spec.stages():
+        for b in stage:
+            if spec.block == "basic":
+                convs = [(b.in_ch, b.width, 3, b.stride, 1), (b.width, b.out_ch, 3, 1, 1)]
+            else:
+                s1, s3 = (b.stride, 1) if spec.stride_on == "1x1" else (1, b.stride)
+                convs = [(b.in_ch, b.width, 1, s1, 1), (b.width, b.width, 3, s3, spec.groups),
+                         (b.width, b.out_ch, 1, 1, 1)]
+            bh, bw = h, w
+            for cin, cout, kk, s, g in convs:
+                p, m, bh, bw = _conv(bh, bw, cin, cout, kk, s, g)
+                params, macs = params + p + 2 * cout, macs + m
+            if b.shortcut == "proj":
+                p, m, _, _ = _conv(h, w, b.in_ch, b.out_ch, 1, b.stride)
+                params, macs = params + p + 2 * b.out_ch, macs + m
+            h, w = bh, bw
+    params += spec.last_channels * spec.num_classes + spec.num_classes
+    macs += spec.last_channels * spec.num_classes
+    return Count(params, macs)
+
+
+def count(spec: specs.Spec, size: int | None = None) -> Count:
+    """Parameters and per-image MACs of ``spec`` at ``size`` x ``size`` (default: its family's)."""
+    size = spec.input_size if size is None else size
+    if isinstance(spec, specs.VGGSpec):
+        return _vgg(spec, size, size)
+    return _resnet(spec, size, size)
+
+
+def train_flops(spec: specs.Spec, size: int | None = None) -> int:
+    """FLOPs per image of one training step (forward + backward = 3 forwards, 2 FLOPs per MAC)."""
+    return 6 * count(spec, size).macs
+
+
+def infer_flops(spec: specs.Spec, size: int | None = None) -> int:
+    """FLOPs per image of one forward pass."""
+    return 2 * count(spec, size).macs
