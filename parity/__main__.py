@@ -17,7 +17,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                      f"{spec.input_size}x{spec.input_size}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for i, r in enumerate(rows):
-        print("  ".join(c.rjust(w) if 2 <= j <= 3 else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))))
+        print("  ".join(c.rjust(w) if 2 <= j <= 3 else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths, strict=True))))
         if i == 0:
             print("  ".join("-" * w for w in widths))
     return 0

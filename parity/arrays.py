@@ -24,7 +24,7 @@ def to_numpy(t: torch.Tensor, copy: bool = True) -> np.ndarray:
 def to_torch(a) -> torch.Tensor:
     """A torch copy of ``a`` (numpy or jax array) with the same dtype and bits."""
     a = np.array(a, order="C")  # a copy; ascontiguousarray would turn 0-d into 1-d
-    for torch_dtype, (as_int, np_dtype) in _BIT_VIEWS.items():
+    for torch_dtype, (_, np_dtype) in _BIT_VIEWS.items():
         if a.dtype == np_dtype:
             return torch.from_numpy(a.view(np.int16)).view(torch_dtype)
     return torch.from_numpy(a)

@@ -8,9 +8,9 @@ input rows follow torch's C,H,W flattening while Flax flattens H,W,C.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -203,3 +203,28 @@ def _flax_path(key: str, ndim: int) -> str:
     *path, leaf = key.split(".")
     rule = _BY_TORCH[(leaf, ndim)]
     return "/".join([rule.collection, *path, rule.flax_leaf])
+
+
+def _as_float32(a: Any) -> Any:
+    a = np.asarray(a)
+    return a.astype(np.float32) if a.dtype.kind == "f" or a.dtype.name == "bfloat16" else a
+
+
+def verify(state_dict: Mapping[str, torch.Tensor], variables: Mapping[str, Any], name: str,
+           batch: int = 2, seed: int = 0, **overrides) -> tuple[float, float]:
+    """(max |torch - flax|, max |torch|) of both eval-mode models on one random batch, in float32."""
+    import jax
+
+    import jaxnets
+    import torchnets
+
+    spec = specs.get(name, **overrides)
+    size = min(spec.input_size, max(spec.min_size, 64))
+    x = np.random.default_rng(seed).standard_normal((batch, spec.in_channels, size, size), np.float32)
+    tm = torchnets.build(name, **overrides)
+    tm.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
+    with torch.no_grad():
+        yt = tm.eval()(torch.from_numpy(x)).numpy()
+    v32 = jax.tree_util.tree_map(_as_float32, dict(variables))
+    yj = np.asarray(jaxnets.build(name, **overrides).apply(v32, x.transpose(0, 2, 3, 1)))
+    return float(np.abs(yt - yj).max()), float(np.abs(yt).max())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Union
 
 __all__ = [
     "VGGSpec", "ResNetSpec", "Spec", "Layer", "Block",
@@ -160,7 +159,7 @@ class ResNetSpec:
     def stages(self) -> list[list[Block]]:
         """Every block of every stage, with torchvision's width and stride rules."""
         stages, in_ch = [], self.stem_width
-        for i, (depth, planes) in enumerate(zip(self.depths, self.widths)):
+        for i, (depth, planes) in enumerate(zip(self.depths, self.widths, strict=True)):
             blocks = []
             for j in range(depth):
                 stride = 2 if (i > 0 and j == 0) else 1
@@ -185,7 +184,7 @@ class ResNetSpec:
         return "identity"
 
 
-Spec = Union[VGGSpec, ResNetSpec]
+Spec = VGGSpec | ResNetSpec
 
 # --------------------------------------------------------------------------- the table
 
