@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from parity import flops, specs
+from parity import flops, report, specs
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -15,11 +15,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         c = flops.count(spec)
         rows.append((name, spec.family, f"{c.params:,}", f"{c.macs / 1e9:.3f}",
                      f"{spec.input_size}x{spec.input_size}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for i, r in enumerate(rows):
-        print("  ".join(c.rjust(w) if 2 <= j <= 3 else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths, strict=True))))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print(report.text_table(rows, right=(2, 3)))
     return 0
 
 

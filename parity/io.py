@@ -8,6 +8,7 @@ save leaves the previous file byte-identical.
 from __future__ import annotations
 
 import io as _io
+import json
 import os
 import tempfile
 from collections import OrderedDict
@@ -24,6 +25,7 @@ __all__ = ["save", "load", "CheckpointError", "FORMATS", "flatten", "unflatten",
 
 FORMATS = {".safetensors": "safetensors", ".pt": "torch", ".pth": "torch", ".msgpack": "msgpack"}
 _KIND_KEY = "parity.kind"  # safetensors metadata: "torch" (state_dict) or "flax" (nested tree)
+_ORDER_KEY = "parity.keys"  # safetensors sorts its table; the original key order is kept here
 
 
 class CheckpointError(ValueError):
@@ -104,7 +106,7 @@ def _serialize(obj: Mapping[str, Any], kind: str, fmt: str) -> bytes:
         flat = dict(obj) if kind == "torch" else flatten(obj)
         tensors = {k: (v.detach().cpu().contiguous().clone() if isinstance(v, torch.Tensor)
                        else arrays.to_torch(v)) for k, v in flat.items()}
-        return st_save(tensors, metadata={_KIND_KEY: kind})
+        return st_save(tensors, metadata={_KIND_KEY: kind, _ORDER_KEY: json.dumps(list(tensors))})
     if fmt == "torch":
         if kind != "torch":
             raise CheckpointError("a .pt/.pth file holds a torch state_dict; save Flax variables as "
@@ -170,8 +172,13 @@ def _load_safetensors(path: Path) -> Any:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        kind = (f.metadata() or {}).get(_KIND_KEY)
-        tensors = OrderedDict((k, f.get_tensor(k)) for k in f.keys())
+        meta = f.metadata() or {}
+        keys = list(f.keys())
+        order = json.loads(meta.get(_ORDER_KEY, "null"))
+        if isinstance(order, list) and sorted(order) == sorted(keys):
+            keys = order
+        tensors = OrderedDict((k, f.get_tensor(k)) for k in keys)
+    kind = meta.get(_KIND_KEY)
     if kind is None:  # a file from elsewhere: a '/'-joined tree or a torch state_dict
         kind = "flax" if tensors and all("/" in k for k in tensors) else "torch"
     if kind == "torch":
