@@ -57,3 +57,42 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 REGISTRARS: list = [register_convert]
+
+
+DEFAULT_CHECK = ("resnet20", "resnet18", "vgg11_bn")
+
+
+def _models(args: argparse.Namespace) -> list[str]:
+    from parity import specs
+
+    names = specs.list_models() if getattr(args, "all", False) else [
+        m.strip() for m in ",".join(args.models).split(",") if m.strip()]
+    unknown = [n for n in names if n not in specs.list_models()]
+    if unknown:
+        raise SystemExit(f"error: unknown model(s) {', '.join(unknown)}; valid: {', '.join(specs.list_models())}")
+    return names
+
+
+def register_check(sub) -> None:
+    p = sub.add_parser("check", help="parity of the twins: forward, train mode, grads, optimizer steps, per layer")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--models", nargs="+", default=list(DEFAULT_CHECK), help="names, space or comma separated")
+    g.add_argument("--all", action="store_true", help="every variant")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--precision", choices=("highest", "default"), default="highest")
+    p.add_argument("--steps", type=int, default=10, help="optimizer trajectory length (default 10)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, help="input size (default: 32, the smallest every variant takes)")
+    p.add_argument("--samples", type=int, default=5, help="working-dtype runs per framework (default 5)")
+    p.add_argument("--report", type=Path, default=Path("reports/check"), help="folder for JSON/Markdown/PNG")
+    p.set_defaults(run=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from parity import checkrun
+
+    return checkrun.main(_models(args), args)
+
+
+REGISTRARS.append(register_check)

@@ -1,0 +1,508 @@
+"""Parity checks between the twins, judged against float64 (DESIGN.md, "How parity is judged").
+
+For one model, the same weights (through the converter) and the same inputs run through both
+frameworks twice: in float64 and in the working dtype. Every quantity (eval output, train
+output, running statistics, gradients, SGD and AdamW steps and trajectories, per-layer
+activations) is then judged in two steps:
+
+1. structure: torch float64 vs Flax float64 must agree to ``STRUCT_RTOL``;
+2. precision: each framework's distance to torch's float64 answer is measured, and Flax passes
+   when its distance is at most ``factor`` x torch's own distance + ``floor``.
+
+Distances are relative to scale: max|a - ref| / max|ref|, over the whole quantity (precision)
+or per tensor with the scale floored at 1e-3 of the quantity's largest tensor (structure, so
+that mathematically-zero gradients, e.g. of a conv bias feeding a BatchNorm, do not divide
+noise by noise).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from parity import convert, specs
+
+STRUCT_RTOL = 1e-10
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    factor: float  # Flax may be this many times further from float64 than torch is
+    floor: float  # ... plus this, relative to the quantity's scale
+
+
+# (device, dtype, precision) -> tolerance of the precision step. Why these numbers: float32
+# rounding of one op is ~6e-8, a forward pass accumulates it to 1e-7..1e-5 of the output scale;
+# TF32 (10-bit mantissa) and bfloat16 (8-bit) are ~1e-3 and ~1e-2 per op.
+TOLERANCES: dict[tuple[str, str, str], Tolerance] = {
+    ("cpu", "fp32", "highest"): Tolerance(3.0, 1e-5),
+    ("cpu", "fp32", "default"): Tolerance(3.0, 1e-5),
+    ("cpu", "bf16", "highest"): Tolerance(3.0, 3e-2),
+    ("cpu", "bf16", "default"): Tolerance(3.0, 3e-2),
+    ("gpu", "fp32", "highest"): Tolerance(3.0, 1e-5),
+    ("gpu", "fp32", "default"): Tolerance(3.0, 5e-3),
+    ("gpu", "bf16", "highest"): Tolerance(3.0, 3e-2),
+    ("gpu", "bf16", "default"): Tolerance(3.0, 3e-2),
+}
+
+
+@dataclass
+class Config:
+    """What one check runs: model, inputs, optimizers, device and precision."""
+
+    name: str
+    overrides: dict = field(default_factory=dict)
+    batch: int = 8
+    size: int | None = None  # default: 32 (64 for VGG would cost more and test nothing new)
+    steps: int = 10
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "fp32"
+    precision: str = "highest"
+    sgd: dict = field(default_factory=lambda: dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4))
+    adamw: dict = field(default_factory=lambda: dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2))
+    trajectories: bool = True  # False: eval, train, grads and layers only (the very deep nets)
+    samples: int = 5  # working-dtype runs per framework: exact weights + 1-ulp perturbations
+
+    def __post_init__(self):
+        spec = specs.get(self.name, **self.model_overrides)
+        if self.size is None:
+            self.size = max(32, spec.min_size)
+        if (self.device, self.dtype, self.precision) not in TOLERANCES:
+            raise ValueError(f"no tolerance for device={self.device!r} dtype={self.dtype!r} "
+                             f"precision={self.precision!r}; known: {sorted(TOLERANCES)}")
+
+    @property
+    def model_overrides(self) -> dict:
+        # Dropout off in every check: the frameworks' RNGs cannot draw the same masks.
+        spec = specs.get(self.name)
+        return {**self.overrides, **({"dropout": 0.0} if isinstance(spec, specs.VGGSpec) else {})}
+
+    @property
+    def tolerance(self) -> Tolerance:
+        return TOLERANCES[(self.device, self.dtype, self.precision)]
+
+
+# --------------------------------------------------------------------------- distances
+
+
+def _rel(a: np.ndarray, ref: np.ndarray, scale: float) -> float:
+    if a.shape != ref.shape:
+        return float("inf")
+    d = np.abs(np.asarray(a, np.float64) - np.asarray(ref, np.float64))
+    return float(d.max() / scale) if d.size else 0.0
+
+
+def _scale(ref: Mapping[str, np.ndarray]) -> float:
+    return max((float(np.abs(v).max()) for v in ref.values() if v.size), default=0.0) or 1e-300
+
+
+def struct_errors(a: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> OrderedDict[str, float]:
+    """Per key: max|a - ref| / max(max|ref_key|, 1e-3 * max|ref|); a missing key is inf."""
+    floor = 1e-3 * _scale(ref)
+    return OrderedDict((k, _rel(a[k], r, max(float(np.abs(r).max()) if r.size else 0.0, floor))
+                        if k in a else float("inf")) for k, r in ref.items())
+
+
+def distance(a: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> float:
+    """||a - ref||_2 / ||ref||_2 over the whole quantity (all its tensors together).
+
+    The 2-norm, not the max: in float32 a few elements sit at a chaotic edge (a ReLU or an
+    Adam sign(g) of a gradient that is noise), and the max would judge the frameworks by them.
+    """
+    num = den = 0.0
+    for k, r in ref.items():
+        if k not in a or np.shape(a[k]) != np.shape(r):
+            return float("inf")
+        r = np.asarray(r, np.float64)
+        num += float(np.sum(np.square(np.asarray(a[k], np.float64) - r)))
+        den += float(np.sum(np.square(r)))
+    return float(np.sqrt(num / den)) if den > 0 else float(np.sqrt(num))
+
+
+# --------------------------------------------------------------------------- inputs and weights
+
+
+def randomize(state_dict: Mapping[str, Any], seed: int) -> OrderedDict:
+    """BatchNorm affine and running statistics drawn at random: ones and zeros would hide a
+    mean/var or scale/bias swap."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed + 1)
+    out = OrderedDict()
+    for k, v in state_dict.items():
+        leaf = k.rsplit(".", 1)[-1]
+        if v.dim() == 1 and leaf in ("weight", "running_var"):
+            v = 0.5 + torch.rand(v.shape, generator=g, dtype=v.dtype)
+        elif v.dim() == 1 and leaf in ("bias", "running_mean"):
+            v = 0.4 * torch.rand(v.shape, generator=g, dtype=v.dtype) - 0.2
+        elif leaf == "num_batches_tracked":
+            v = torch.tensor(int(torch.randint(1, 1000, (), generator=g)))
+        out[k] = v.clone()
+    return out
+
+
+def make_batches(cfg: Config) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``steps`` batches of (x NCHW float64, labels int64), the same for both frameworks."""
+    spec = specs.get(cfg.name, **cfg.model_overrides)
+    rng = np.random.default_rng(cfg.seed)
+    return [(rng.standard_normal((cfg.batch, spec.in_channels, cfg.size, cfg.size)),
+             rng.integers(0, spec.num_classes, cfg.batch)) for _ in range(max(cfg.steps, 1))]
+
+
+def initial_weights(cfg: Config) -> OrderedDict:
+    """torchnets' initialisation (seeded), BatchNorm randomized, in float64."""
+    import torch
+
+    import torchnets
+
+    torch.manual_seed(cfg.seed)
+    sd = torchnets.build(cfg.name, **cfg.model_overrides).state_dict()
+    return randomize(OrderedDict((k, v.double() if v.is_floating_point() else v) for k, v in sd.items()),
+                     cfg.seed)
+
+
+# --------------------------------------------------------------------------- the torch side
+
+
+@contextlib.contextmanager
+def torch_precision(device: str, precision: str) -> Iterator[dict]:
+    """Set (and record) torch's TF32 switches; restored on exit."""
+    import torch
+
+    old = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    tf32 = precision == "default" and device == "gpu"
+    # "default": torch's own defaults (TF32 convolutions, full-precision matmuls); "highest": no TF32.
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield {"torch.backends.cudnn.allow_tf32": tf32, "torch.backends.cuda.matmul.allow_tf32": False}
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def run_torch(cfg: Config, weights: Mapping[str, Any], batches, dtype: str, device: str) -> dict:
+    """Every quantity from torchnets; arrays float64 numpy, in torch layout."""
+    import torch
+    import torch.nn.functional as F
+
+    import torchnets
+
+    dev = torch.device("cuda" if device == "gpu" else "cpu")
+    fdtype = torch.float64 if dtype == "fp64" else torch.float32
+    autocast = (torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bf16"
+                else contextlib.nullcontext())
+
+    def fresh() -> torch.nn.Module:
+        m = torchnets.build(cfg.name, **cfg.model_overrides).to(dtype=fdtype)
+        m.load_state_dict(weights)  # after the cast: loading first would round float64 weights
+        return m.to(dev)
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(a)).to(dev, fdtype)
+
+    def np64(t: torch.Tensor) -> np.ndarray:
+        # a copy: a float64 CPU tensor would otherwise share memory with the live buffer
+        return t.detach().to("cpu", torch.float64).numpy().copy()
+
+    out: dict[str, Any] = {}
+    model = fresh().eval()
+    acts: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def hook(name):
+        def f(_m, _i, o):
+            if name not in acts and isinstance(o, torch.Tensor):
+                acts[name] = np64(o)
+        return f
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    x0, y0 = batches[0]
+    with torch.no_grad(), autocast:
+        out["eval"] = {"logits": np64(model(tensor(x0)))}
+    for h in handles:
+        h.remove()
+    out["layers"] = OrderedDict((k, v.transpose(0, 2, 3, 1) if v.ndim == 4 else v) for k, v in acts.items())
+
+    for opt_name in ("sgd", "adamw") if cfg.trajectories else ("sgd",):
+        model = fresh().train()
+        params = dict(model.named_parameters())
+        if opt_name == "sgd":
+            opt = torch.optim.SGD(params.values(), **cfg.sgd)
+        else:
+            a = cfg.adamw
+            opt = torch.optim.AdamW(params.values(), lr=a["lr"], betas=(a["b1"], a["b2"]), eps=a["eps"],
+                                    weight_decay=a["weight_decay"])
+        losses = []
+        for step, (x, y) in enumerate(batches if cfg.trajectories else batches[:1]):
+            xt = tensor(x).requires_grad_(step == 0)
+            with autocast:
+                logits = model(xt)
+            # in float32 at least, as under autocast and in the Flax loss
+            loss = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)),
+                                   torch.from_numpy(y).to(dev))
+            opt.zero_grad()
+            loss.backward()
+            losses.append(loss.item())
+            if step == 0 and opt_name == "sgd":
+                out["train"] = {"logits": np64(logits)}
+                out["stats"] = {k: np64(v) for k, v in model.state_dict().items() if "running" in k}
+                out["counters"] = {k: int(v) for k, v in model.state_dict().items() if "num_batches" in k}
+                out["grads"] = {k: np64(p.grad) for k, p in params.items()}
+                out["input_grad"] = {"x": np64(xt.grad).transpose(0, 2, 3, 1)}
+            opt.step()
+            if step == 0:
+                out[f"{opt_name}_step1"] = {k: np64(p) for k, p in params.items()}
+        if cfg.trajectories:
+            out[f"{opt_name}_losses"] = {"loss": np.array(losses)}
+            out[f"{opt_name}_final"] = {k: np64(v) for k, v in model.state_dict().items()
+                                        if "num_batches" not in k}
+    return out
+
+
+# --------------------------------------------------------------------------- the Flax side
+
+
+@contextlib.contextmanager
+def jax_precision(precision: str, x64: bool) -> Iterator[dict]:
+    """jax_default_matmul_precision and jax_enable_x64 for the block, recorded."""
+    import jax
+
+    with jax.default_matmul_precision(precision), jax.enable_x64(x64):
+        yield {"jax_default_matmul_precision": precision, "jax_enable_x64": x64}
+
+
+def flax_runner(cfg: Config, dtype: str, device: str):
+    """``run(weights, batches) -> quantities`` from jaxnets, mapped back to torch layout (float64
+    numpy). The compiled functions are made once, so further runs (perturbed weights) reuse them."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import jaxnets
+
+    fdtype = jnp.float64 if dtype == "fp64" else jnp.float32
+    dev = jax.devices("gpu" if device == "gpu" else "cpu")[0]
+    model = jaxnets.build(cfg.name, dtype=jnp.bfloat16 if dtype == "bf16" else None, param_dtype=fdtype,
+                          **cfg.model_overrides)
+    param_keys = _param_keys(cfg)
+
+    def to_x(a):
+        return jax.device_put(jnp.asarray(np.asarray(a).transpose(0, 2, 3, 1), fdtype), dev)
+
+    def np64(a) -> np.ndarray:
+        return np.asarray(jax.device_get(a)).astype(np.float64)
+
+    def torch_layout(params, stats) -> dict[str, np.ndarray]:
+        sd = convert.flax_to_torch({"params": params, "batch_stats": stats}, cfg.name, **cfg.model_overrides)
+        return {k: v.double().numpy() for k, v in sd.items()}
+
+    @jax.jit
+    def eval_fn(v, x):
+        y, inter = model.apply(v, x, train=False, capture_intermediates=True, mutable=["intermediates"])
+        return y, inter["intermediates"]
+
+    @jax.jit
+    def grad_fn(params, stats, x, labels):
+        def loss_fn(p, x):
+            logits, upd = model.apply({"params": p, "batch_stats": stats}, x, train=True,
+                                      mutable=["batch_stats"])
+            logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            return loss, (logits, upd.get("batch_stats", {}))
+        (loss, (logits, new_stats)), (g, gx) = jax.value_and_grad(loss_fn, (0, 1), has_aux=True)(params, x)
+        return loss, logits, new_stats, g, gx
+
+    a = cfg.adamw
+    optimizers = {
+        # torch.optim.SGD's weight decay is added to the gradient before momentum, as here.
+        "sgd": optax.chain(optax.add_decayed_weights(cfg.sgd["weight_decay"]),
+                           optax.sgd(cfg.sgd["lr"], momentum=cfg.sgd["momentum"], nesterov=cfg.sgd["nesterov"])),
+        "adamw": optax.adamw(a["lr"], b1=a["b1"], b2=a["b2"], eps=a["eps"], weight_decay=a["weight_decay"]),
+    }
+    updates = {k: jax.jit(lambda g, s, p, tx=tx: _apply(tx, g, s, p)) for k, tx in optimizers.items()}
+
+    def run(weights: Mapping[str, Any], batches) -> dict:
+        variables = convert.torch_to_flax(weights, cfg.name, **cfg.model_overrides)
+        variables = jax.device_put(jax.tree_util.tree_map(
+            lambda a: jnp.asarray(a, fdtype) if a.dtype.kind == "f" else jnp.asarray(a), variables), dev)
+        out: dict[str, Any] = {}
+        x0, y0 = batches[0]
+        logits, inter = eval_fn(variables, to_x(x0))
+        out["eval"] = {"logits": np64(logits)}
+        layers = OrderedDict()
+        for path, val in _flat_intermediates(inter):
+            layers[".".join(path)] = np64(val)
+        out["layers"] = layers
+
+        for opt_name in ("sgd", "adamw") if cfg.trajectories else ("sgd",):
+            tx, update = optimizers[opt_name], updates[opt_name]
+            params, stats = variables["params"], variables.get("batch_stats", {})
+            opt_state = tx.init(params)
+            losses = []
+            for step, (x, y) in enumerate(batches if cfg.trajectories else batches[:1]):
+                loss, logits, stats, g, gx = grad_fn(params, stats, to_x(x), jnp.asarray(y))
+                losses.append(float(loss))
+                if step == 0 and opt_name == "sgd":
+                    out["train"] = {"logits": np64(logits)}
+                    full = torch_layout(g, stats)
+                    out["stats"] = {k: v for k, v in full.items() if "running" in k}
+                    out["counters"] = {k: int(v) for k, v in full.items() if "num_batches" in k}
+                    out["grads"] = {k: v for k, v in full.items() if k in param_keys}
+                    out["input_grad"] = {"x": np64(gx)}
+                params, opt_state = update(g, opt_state, params)
+                if step == 0:
+                    full = torch_layout(params, stats)
+                    out[f"{opt_name}_step1"] = {k: v for k, v in full.items() if k in param_keys}
+            if cfg.trajectories:
+                out[f"{opt_name}_losses"] = {"loss": np.array(losses)}
+                out[f"{opt_name}_final"] = {k: v for k, v in torch_layout(params, stats).items()
+                                            if "num_batches" not in k}
+        return out
+
+    return run
+
+
+def _apply(tx, g, s, p):
+    import optax
+
+    updates, s = tx.update(g, s, p)
+    return optax.apply_updates(p, updates), s
+
+
+def _param_keys(cfg: Config) -> set[str]:
+    want = convert.expected_state_dict(cfg.name, **cfg.model_overrides)
+    return {k for k in want if not k.rsplit(".", 1)[-1].startswith(("running", "num_batches"))}
+
+
+def _flat_intermediates(tree, path=()):
+    """(module path, output) for every captured ``__call__``; the root's own output excluded."""
+    for k, v in tree.items():
+        if k == "__call__":
+            if path:
+                yield path, v[0]
+        else:
+            yield from _flat_intermediates(v, (*path, k))
+
+
+# --------------------------------------------------------------------------- judging
+
+QUANTITIES = ["eval", "train", "stats", "grads", "input_grad", "sgd_step1", "adamw_step1",
+              "sgd_losses", "adamw_losses", "sgd_final", "adamw_final"]
+
+
+@dataclass
+class Verdict:
+    quantity: str
+    struct: float  # worst per-key float64 disagreement
+    struct_key: str
+    torch_dist: float  # working dtype vs torch float64, median over the samples
+    flax_dist: float
+    struct_ok: bool
+    precision_ok: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.struct_ok and self.precision_ok
+
+
+@dataclass
+class Result:
+    config: dict
+    settings: dict
+    verdicts: list[Verdict]
+    layers: list[dict]  # name, struct, torch_dist, flax_dist, ok
+    first_bad_layer: str | None
+    counters_ok: bool
+
+    @property
+    def ok(self) -> bool:
+        return all(v.ok for v in self.verdicts) and self.counters_ok and self.first_bad_layer is None
+
+    def failures(self) -> list[str]:
+        out = [f"{v.quantity}: " + ("structure" if not v.struct_ok else "precision")
+               + f" (worst {v.struct_key})" for v in self.verdicts if not v.ok]
+        if not self.counters_ok:
+            out.append("stats: num_batches_tracked differs")
+        if self.first_bad_layer:
+            out.append(f"first wrong layer: {self.first_bad_layer}")
+        return out
+
+
+def _median_distance(runs: list[dict], q: str, ref: Mapping[str, np.ndarray]) -> float:
+    return float(np.median([distance(r.get(q, {}), ref) for r in runs]))
+
+
+def judge(cfg: Config, t64: dict, f64: dict, t_runs: list[dict], f_runs: list[dict]) -> Result:
+    """Structure on the float64 pair; precision on the medians of the working-dtype runs."""
+    tol = cfg.tolerance
+    verdicts = []
+    for q in QUANTITIES:
+        if q not in t64:
+            continue
+        errs = struct_errors(f64.get(q, {}), t64[q])
+        worst = max(errs, key=errs.get) if errs else ""
+        s = errs.get(worst, 0.0)
+        td, fd = _median_distance(t_runs, q, t64[q]), _median_distance(f_runs, q, t64[q])
+        verdicts.append(Verdict(q, s, worst, td, fd, s <= STRUCT_RTOL, fd <= tol.factor * td + tol.floor))
+    layers, first_bad = [], None
+    for name, ref in t64["layers"].items():
+        if name not in f64["layers"]:
+            continue
+        s = _rel(f64["layers"][name], ref, max(float(np.abs(ref).max()), 1e-300))
+        td = float(np.median([distance(r["layers"], {name: ref}) for r in t_runs]))
+        fd = float(np.median([distance(r["layers"], {name: ref}) for r in f_runs]))
+        ok = s <= STRUCT_RTOL and fd <= tol.factor * td + tol.floor
+        layers.append({"name": name, "struct": s, "torch_dist": td, "flax_dist": fd, "ok": ok})
+        if not ok and first_bad is None:
+            first_bad = name
+    # A wrong running statistic or gradient names its layer too (train-mode bugs leave eval intact).
+    if first_bad is None:
+        for v in verdicts:
+            if not v.ok and v.quantity in ("stats", "grads"):
+                first_bad = v.struct_key.rsplit(".", 1)[0]
+                break
+    counters_ok = all(r["counters"] == t64["counters"] for r in [f64, *t_runs, *f_runs])
+    return Result(dataclasses.asdict(cfg), {}, verdicts, layers, first_bad, counters_ok)
+
+
+def perturbed(w32: Mapping[str, Any], seed: int) -> OrderedDict:
+    """float32 weights moved by about one ulp each: an equally valid float32 starting point."""
+    import torch
+
+    g = torch.Generator().manual_seed(10_000 + seed)
+    eps = torch.finfo(torch.float32).eps
+    return OrderedDict((k, v * (1 + eps * torch.randn(v.shape, generator=g)) if v.is_floating_point() else v)
+                       for k, v in w32.items())
+
+
+def check(cfg: Config) -> Result:
+    """Run both frameworks in float64 (on CPU) and, ``cfg.samples`` times, in the working dtype.
+
+    Why several working-dtype runs: a train-mode trajectory through batch statistics is chaotic
+    in float32 (torch's own distance to float64 moves 100x when its weights move by one ulp), so
+    one run is no yardstick; the medians over the same perturbed starts are.
+    """
+    batches = make_batches(cfg)
+    w64 = initial_weights(cfg)
+    w32 = OrderedDict((k, v.float() if v.is_floating_point() else v) for k, v in w64.items())
+    starts = [w32] + [perturbed(w32, i) for i in range(1, cfg.samples)]
+    with torch_precision("cpu", "highest"):
+        t64 = run_torch(cfg, w64, batches, "fp64", "cpu")
+    with jax_precision("highest", True):
+        f64 = flax_runner(cfg, "fp64", "cpu")(w64, batches)
+    with torch_precision(cfg.device, cfg.precision) as ts:
+        t_runs = [run_torch(cfg, w, batches, cfg.dtype, cfg.device) for w in starts]
+    with jax_precision(cfg.precision, False) as js:
+        run = flax_runner(cfg, cfg.dtype, cfg.device)
+        f_runs = [run(w, batches) for w in starts]
+    result = judge(cfg, t64, f64, t_runs, f_runs)
+    result.settings = {**ts, **js, "float64 reference": "cpu", "samples": cfg.samples, "tolerance": dataclasses.asdict(cfg.tolerance),
+                       "struct_rtol": STRUCT_RTOL,
+                       "dropout": "switched off (p=0): the frameworks cannot draw the same masks"}
+    return result
