@@ -51,6 +51,11 @@ class BatchNorm(nn.Module):
     dtype: Dtype = None
     param_dtype: Dtype = jnp.float32
 
+    @staticmethod
+    def running_var(batch_var: jax.Array, n: int) -> jax.Array:
+        """What enters the running variance: torch's unbiased n/(n-1) estimate (Flax: biased)."""
+        return batch_var * (n / max(n - 1, 1))
+
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         c = x.shape[-1]
@@ -69,8 +74,7 @@ class BatchNorm(nn.Module):
                 n = x.size // c
                 m = self.momentum
                 mean_v.value = ((1 - m) * mean_v.value + m * mean).astype(mean_v.value.dtype)
-                unbiased = var * (n / max(n - 1, 1))
-                var_v.value = ((1 - m) * var_v.value + m * unbiased).astype(var_v.value.dtype)
+                var_v.value = ((1 - m) * var_v.value + m * self.running_var(var, n)).astype(var_v.value.dtype)
                 count.value = count.value + 1
         else:
             mean, var = mean_v.value.astype(stat_dtype), var_v.value.astype(stat_dtype)

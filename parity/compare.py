@@ -60,14 +60,13 @@ class Config:
     overrides: dict = field(default_factory=dict)
     batch: int = 8
     size: int | None = None  # default: 32 (64 for VGG would cost more and test nothing new)
-    steps: int = 10
+    steps: int = 10  # optimizer trajectory length; 0: eval, train, grads and layers only
     seed: int = 0
     device: str = "cpu"
     dtype: str = "fp32"
     precision: str = "highest"
     sgd: dict = field(default_factory=lambda: dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4))
     adamw: dict = field(default_factory=lambda: dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2))
-    trajectories: bool = True  # False: eval, train, grads and layers only (the very deep nets)
     samples: int = 5  # working-dtype runs per framework: exact weights + 1-ulp perturbations
 
     def __post_init__(self):
@@ -83,6 +82,10 @@ class Config:
         # Dropout off in every check: the frameworks' RNGs cannot draw the same masks.
         spec = specs.get(self.name)
         return {**self.overrides, **({"dropout": 0.0} if isinstance(spec, specs.VGGSpec) else {})}
+
+    @property
+    def trajectories(self) -> bool:
+        return self.steps > 0
 
     @property
     def tolerance(self) -> Tolerance:
@@ -401,6 +404,7 @@ class Verdict:
     quantity: str
     struct: float  # worst per-key float64 disagreement
     struct_key: str
+    first_bad_key: str | None  # first key in torch order beyond STRUCT_RTOL (locates the layer)
     torch_dist: float  # working dtype vs torch float64, median over the samples
     flax_dist: float
     struct_ok: bool
@@ -449,7 +453,8 @@ def judge(cfg: Config, t64: dict, f64: dict, t_runs: list[dict], f_runs: list[di
         worst = max(errs, key=errs.get) if errs else ""
         s = errs.get(worst, 0.0)
         td, fd = _median_distance(t_runs, q, t64[q]), _median_distance(f_runs, q, t64[q])
-        verdicts.append(Verdict(q, s, worst, td, fd, s <= STRUCT_RTOL, fd <= tol.factor * td + tol.floor))
+        first = next((k for k, e in errs.items() if not e <= STRUCT_RTOL), None)
+        verdicts.append(Verdict(q, s, worst, first, td, fd, s <= STRUCT_RTOL, fd <= tol.factor * td + tol.floor))
     layers, first_bad = [], None
     for name, ref in t64["layers"].items():
         if name not in f64["layers"]:
@@ -464,8 +469,8 @@ def judge(cfg: Config, t64: dict, f64: dict, t_runs: list[dict], f_runs: list[di
     # A wrong running statistic or gradient names its layer too (train-mode bugs leave eval intact).
     if first_bad is None:
         for v in verdicts:
-            if not v.ok and v.quantity in ("stats", "grads"):
-                first_bad = v.struct_key.rsplit(".", 1)[0]
+            if v.first_bad_key and v.quantity in ("stats", "grads"):
+                first_bad = v.first_bad_key.rsplit(".", 1)[0]
                 break
     counters_ok = all(r["counters"] == t64["counters"] for r in [f64, *t_runs, *f_runs])
     return Result(dataclasses.asdict(cfg), {}, verdicts, layers, first_bad, counters_ok)
@@ -502,7 +507,7 @@ def check(cfg: Config) -> Result:
         run = flax_runner(cfg, cfg.dtype, cfg.device)
         f_runs = [run(w, batches) for w in starts]
     result = judge(cfg, t64, f64, t_runs, f_runs)
-    result.settings = {**ts, **js, "float64 reference": "cpu", "samples": cfg.samples, "tolerance": dataclasses.asdict(cfg.tolerance),
-                       "struct_rtol": STRUCT_RTOL,
+    result.settings = {**ts, **js, "float64 reference": "cpu", "samples": cfg.samples,
+                       "tolerance": dataclasses.asdict(cfg.tolerance), "struct_rtol": STRUCT_RTOL,
                        "dropout": "switched off (p=0): the frameworks cannot draw the same masks"}
     return result

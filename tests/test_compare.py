@@ -1,0 +1,109 @@
+"""The parity suite over every variant, and planted porting bugs that it must catch and locate."""
+
+import flax.linen as nn
+import jax.numpy as jnp
+import pytest
+
+import jaxnets.layers
+from conftest import VERY_DEEP
+from parity import compare, convert, specs
+from parity.__main__ import main
+
+# In the default suite; every other variant runs in the slow suite (3 samples instead of 5).
+DEFAULT = {"resnet20", "plain20", "resnet18", "vgg11_bn"}
+
+
+def config(name: str, **kw) -> compare.Config:
+    kw.setdefault("samples", 5 if name in DEFAULT else 3)
+    if name in VERY_DEEP:  # structure and one train step: a 1202-layer trajectory adds nothing
+        kw.update(steps=0, samples=2, batch=2)
+    return compare.Config(name, **kw)
+
+
+@pytest.mark.parametrize("name", [n if n in DEFAULT else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in specs.list_models()])
+def test_every_variant_passes_structure_and_precision(name):
+    r = compare.check(config(name))
+    assert r.ok, r.failures()
+    got = {v.quantity for v in r.verdicts}
+    assert {"eval", "train", "stats", "grads", "input_grad", "sgd_step1"} <= got
+    if name not in VERY_DEEP:
+        assert {"adamw_step1", "sgd_losses", "adamw_losses", "sgd_final", "adamw_final"} <= got
+    assert len(r.layers) > 3 and r.first_bad_layer is None
+
+
+def same_conv(cout, k, stride=1, groups=1, bias=False, *, name, dtype=None, param_dtype=None):
+    """The classic porting bug: Flax's 'SAME' pads a stride-2 conv (0, 1) where torch pads (1, 1)."""
+    return nn.Conv(cout, (k, k), strides=(stride, stride), padding="SAME", feature_group_count=groups,
+                   use_bias=bias, dtype=dtype, param_dtype=param_dtype or jnp.float32, name=name)
+
+
+def quick(name: str, **kw) -> compare.Result:
+    return compare.check(compare.Config(name, steps=kw.pop("steps", 2), samples=1, batch=4, **kw))
+
+
+def test_planted_bn_mean_var_swap_is_caught_and_located(monkeypatch):
+    swapped = {"running_mean": "var", "running_var": "mean"}
+    for (leaf, nd), rule in list(convert._BY_TORCH.items()):
+        if leaf in swapped:
+            new = convert.Rule(leaf, nd, "batch_stats", swapped[leaf], rule.to_flax, rule.to_torch)
+            monkeypatch.setitem(convert._BY_TORCH, (leaf, nd), new)
+            monkeypatch.setitem(convert._BY_FLAX, ("batch_stats", swapped[leaf], nd), new)
+    r = quick("resnet20", steps=0)
+    assert not r.ok and r.first_bad_layer == "bn1"
+    assert any(v.quantity == "eval" and not v.struct_ok for v in r.verdicts)
+
+
+def test_planted_same_padding_is_caught_and_located(monkeypatch):
+    monkeypatch.setattr(jaxnets.layers, "conv", same_conv)
+    # stride-1 3x3 'SAME' equals torch's padding; the first stride-2 conv is where it breaks
+    r = quick("resnet20", steps=0)
+    assert not r.ok and r.first_bad_layer == "layer2.0.conv1"
+    r = quick("resnet18", steps=0)
+    assert not r.ok and r.first_bad_layer == "conv1"
+
+
+def test_planted_missing_flatten_permutation_is_caught_and_located(monkeypatch):
+    monkeypatch.setattr(convert, "_flatten_rows", lambda spec: {})
+    r = quick("vgg11_bn", steps=0)
+    assert not r.ok and r.first_bad_layer == "classifier.0"
+
+
+def test_planted_biased_running_variance_is_caught_and_located(monkeypatch):
+    monkeypatch.setattr(jaxnets.layers.BatchNorm, "running_var", staticmethod(lambda var, n: var))
+    r = quick("resnet20", steps=0)
+    assert not r.ok and r.first_bad_layer == "bn1"
+    bad = {v.quantity for v in r.verdicts if not v.ok}
+    assert "stats" in bad and "eval" not in bad  # eval mode is untouched: only running stats differ
+
+
+@pytest.mark.parametrize("planted", ["swap", "same"])
+def test_cli_check_exits_nonzero_and_names_the_layer(monkeypatch, tmp_path, capsys, planted):
+    if planted == "swap":
+        monkeypatch.setattr(convert, "_flatten_rows", lambda spec: {})
+        args, layer = ["--models", "vgg11_bn"], "classifier.0"
+    else:
+        monkeypatch.setattr(jaxnets.layers, "conv", same_conv)
+        args, layer = ["--models", "resnet20"], "layer2.0.conv1"
+    code = main(["check", *args, "--steps", "0", "--samples", "1", "--batch", "4", "--report", str(tmp_path)])
+    assert code == 1
+    out = capsys.readouterr()
+    assert "FAIL" in out.out and layer in out.out
+    assert (tmp_path / "report.json").exists() and (tmp_path / "report.md").exists()
+
+
+def test_cli_check_passes_and_writes_reports(tmp_path, capsys):
+    code = main(["check", "--models", "resnet20", "--steps", "2", "--samples", "2", "--report", str(tmp_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "1 passed, 0 failed" in out and "jax_default_matmul_precision=highest" in out
+    import json
+
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["results"]["resnet20"]["ok"] and data["settings"]["tolerance"]["factor"] == 3.0
+    assert (tmp_path / "resnet20_layers.png").stat().st_size > 1000
+
+
+def test_unknown_tolerance_setting_is_refused():
+    with pytest.raises(ValueError, match="no tolerance"):
+        compare.Config("resnet20", device="tpu")
