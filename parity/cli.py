@@ -59,7 +59,7 @@ def run_convert(args: argparse.Namespace) -> int:
 REGISTRARS: list = [register_convert]
 
 
-DEFAULT_CHECK = ("resnet20", "resnet18", "vgg11_bn")
+DEFAULT_CHECK = ("resnet20", "plain20", "resnet18")
 
 
 def _models(args: argparse.Namespace) -> list[str]:

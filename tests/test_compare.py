@@ -10,7 +10,7 @@ from parity import compare, convert, specs
 from parity.__main__ import main
 
 # In the default suite; every other variant runs in the slow suite (3 samples instead of 5).
-DEFAULT = {"resnet20", "plain20", "resnet18", "vgg11_bn"}
+DEFAULT = {"resnet20", "plain20", "resnet18"}
 
 
 def config(name: str, **kw) -> compare.Config:
