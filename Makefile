@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow test-all lint clean
+.PHONY: install demo test test-slow test-huge test-all lint clean
 
 install: $(VENV)/.installed
 
@@ -23,10 +23,13 @@ demo: install
 
 test: install
 	$(PY) -m ruff check parity torchnets jaxnets tests scripts
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not huge" $(PYTEST_ARGS)
 
 test-slow: install
 	$(PY) -m pytest -q -m "slow" $(PYTEST_ARGS)
+
+test-huge: install
+	$(PY) -m pytest -q -m "huge" $(PYTEST_ARGS)
 
 test-all: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -96,3 +96,21 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 REGISTRARS.append(register_check)
+
+
+def register_bench(sub) -> None:
+    from parity import benchrun
+
+    benchrun.register(sub)
+
+
+REGISTRARS.append(register_bench)
+
+
+def register_experiment(sub) -> None:
+    from parity import experiment
+
+    experiment.register(sub)
+
+
+REGISTRARS.append(register_experiment)

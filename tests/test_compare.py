@@ -9,8 +9,16 @@ from conftest import VERY_DEEP
 from parity import compare, convert, specs
 from parity.__main__ import main
 
-# In the default suite; every other variant runs in the slow suite (3 samples instead of 5).
+# Default suite: 5 samples. Slow suite (CI): 3 samples. The rest is "huge" (hours on 2 cores:
+# VGG's 120M-weight classifier in float64 XLA on CPU, the 100+-layer nets): `make test-huge`.
 DEFAULT = {"resnet20", "plain20", "resnet18"}
+SLOW = {"resnet34", "resnet50", "resnext50_32x4d", "plain34", "resnet56", "plain56"}
+
+
+def tier(name: str):
+    if name in DEFAULT:
+        return name
+    return pytest.param(name, marks=pytest.mark.slow if name in SLOW else pytest.mark.huge)
 
 
 def config(name: str, **kw) -> compare.Config:
@@ -20,8 +28,7 @@ def config(name: str, **kw) -> compare.Config:
     return compare.Config(name, **kw)
 
 
-@pytest.mark.parametrize("name", [n if n in DEFAULT else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in specs.list_models()])
+@pytest.mark.parametrize("name", [tier(n) for n in specs.list_models()])
 def test_every_variant_passes_structure_and_precision(name):
     r = compare.check(config(name))
     assert r.ok, r.failures()
@@ -39,16 +46,21 @@ def same_conv(cout, k, stride=1, groups=1, bias=False, *, name, dtype=None, para
 
 
 def quick(name: str, **kw) -> compare.Result:
-    return compare.check(compare.Config(name, steps=kw.pop("steps", 2), samples=1, batch=4, **kw))
+    return compare.check(compare.Config(name, steps=kw.pop("steps", 2), samples=1, batch=2, **kw))
 
 
-def test_planted_bn_mean_var_swap_is_caught_and_located(monkeypatch):
+def _swap_mean_var(monkeypatch):
+    """The converter's BatchNorm rule with running mean and variance crossed."""
     swapped = {"running_mean": "var", "running_var": "mean"}
     for (leaf, nd), rule in list(convert._BY_TORCH.items()):
         if leaf in swapped:
             new = convert.Rule(leaf, nd, "batch_stats", swapped[leaf], rule.to_flax, rule.to_torch)
             monkeypatch.setitem(convert._BY_TORCH, (leaf, nd), new)
             monkeypatch.setitem(convert._BY_FLAX, ("batch_stats", swapped[leaf], nd), new)
+
+
+def test_planted_bn_mean_var_swap_is_caught_and_located(monkeypatch):
+    _swap_mean_var(monkeypatch)
     r = quick("resnet20", steps=0)
     assert not r.ok and r.first_bad_layer == "bn1"
     assert any(v.quantity == "eval" and not v.struct_ok for v in r.verdicts)
@@ -80,8 +92,8 @@ def test_planted_biased_running_variance_is_caught_and_located(monkeypatch):
 @pytest.mark.parametrize("planted", ["swap", "same"])
 def test_cli_check_exits_nonzero_and_names_the_layer(monkeypatch, tmp_path, capsys, planted):
     if planted == "swap":
-        monkeypatch.setattr(convert, "_flatten_rows", lambda spec: {})
-        args, layer = ["--models", "vgg11_bn"], "classifier.0"
+        _swap_mean_var(monkeypatch)
+        args, layer = ["--models", "resnet20"], "bn1"
     else:
         monkeypatch.setattr(jaxnets.layers, "conv", same_conv)
         args, layer = ["--models", "resnet20"], "layer2.0.conv1"
@@ -102,6 +114,12 @@ def test_cli_check_passes_and_writes_reports(tmp_path, capsys):
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["results"]["resnet20"]["ok"] and data["settings"]["tolerance"]["factor"] == 3.0
     assert (tmp_path / "resnet20_layers.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_vgg11_lrn_eval_and_train_structure():
+    r = quick("vgg11_lrn", steps=0)
+    assert r.ok, r.failures()
 
 
 def test_unknown_tolerance_setting_is_refused():

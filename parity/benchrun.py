@@ -1,0 +1,168 @@
+"""``python -m parity bench``: jobs, the same-work check, tables, JSON, Markdown and plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+from itertools import product
+from pathlib import Path
+
+from parity import bench, compare, report
+
+
+def loss_tolerance(device: str, dtype: str) -> float:
+    """How far two frameworks' first-step losses may be apart: the parity table's factor x floor
+    for this device and dtype at default precision (the bench runs at default precision)."""
+    tol = compare.TOLERANCES[(device, dtype, "default")]
+    return tol.factor * tol.floor
+
+
+def same_work(ms: dict[str, bench.Measurement], device: str, dtype: str) -> tuple[bool, str]:
+    losses = {fw: m.first_loss for fw, m in ms.items()}
+    ref = next(iter(losses.values()))
+    worst = max(abs(v - ref) / max(abs(ref), 1e-12) for v in losses.values())
+    tol = loss_tolerance(device, dtype)
+    text = ", ".join(f"{fw} {v:.6f}" for fw, v in losses.items())
+    return worst <= tol, f"first-step losses {text}; max relative gap {worst:.1e} (tolerance {tol:.0e})"
+
+
+def _plot(rows: list[dict], out: Path, sweep: bool) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    labels = sorted({(r["model"], r["batch"], r["size"]) for r in rows})
+    fws = sorted({r["framework"] for r in rows}, key=bench.FRAMEWORKS.index)
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(labels) * len(fws)), 4))
+    width = 0.8 / len(fws)
+    for i, fw in enumerate(fws):
+        vals = [next((r["images_per_s"] for r in rows if (r["model"], r["batch"], r["size"]) == lab
+                      and r["framework"] == fw), 0) for lab in labels]
+        ax.bar([j + i * width for j in range(len(labels))], vals, width, label=fw)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))])
+    ax.set_xticklabels([f"{m}\nb{b} {s}px" for m, b, s in labels], fontsize=8)
+    ax.set_ylabel("images/s")
+    ax.set_title(f"{rows[0]['mode']} throughput, {rows[0]['dtype']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "throughput.png", dpi=110)
+    plt.close(fig)
+    files.append("throughput.png")
+    if sweep:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for (model, size, fw) in sorted({(r["model"], r["size"], r["framework"]) for r in rows}):
+            pts = sorted((r["batch"], r["images_per_s"]) for r in rows
+                         if (r["model"], r["size"], r["framework"]) == (model, size, fw))
+            ax.plot(*zip(*pts, strict=True), marker="o", label=f"{model} {size}px {fw}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("images/s")
+        ax.set_title("scaling with batch size")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "batch_sweep.png", dpi=110)
+        plt.close(fig)
+        files.append("batch_sweep.png")
+    return files
+
+
+def main(models: list[str], args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+    bad = [f for f in frameworks if f not in bench.FRAMEWORKS]
+    if bad:
+        raise SystemExit(f"error: unknown framework(s) {bad}; valid: {', '.join(bench.FRAMEWORKS)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.device == "cpu":
+        peak, peak_src = bench.cpu_peak_probe(args.dtype), f"measured: 2048^3 {args.dtype} torch matmul"
+    else:
+        peak, peak_src = bench.gpu_peak(args.dtype, tf32=True)
+    groups = list(product(models, args.batch, args.image_size))
+    rows, notes, refused = [], [], []
+    settings: dict = {}
+    bar = tqdm(total=len(groups) * len(frameworks), desc="bench", unit="run", file=sys.stderr)
+    for model, batch, size in groups:
+        ms: dict[str, bench.Measurement] = {}
+        for fw in frameworks:
+            bar.set_postfix_str(f"{model} b{batch} {size}px {fw}")
+            job = bench.Job(model, fw, args.mode, batch, size, args.dtype, args.device, args.steps, args.warmup,
+                            args.compile_mode)
+            ms[fw] = bench.run_job(job)
+            settings[fw] = ms[fw].settings
+            bar.update()
+        ok, text = same_work(ms, args.device, args.dtype)
+        notes.append(f"{model} b{batch} {size}px: {text}")
+        if not ok:
+            refused.append(model)
+            tqdm.write(f"REFUSED {model}: the frameworks did not do the same work ({text})", file=sys.stderr)
+            continue
+        group = [bench.derived(m, peak) for m in ms.values()]
+        ref = next((r for r in group if r["framework"] == "torch-compile"), None)
+        for r in group:
+            r["vs_torch_compile"] = r["images_per_s"] / ref["images_per_s"] if ref else float("nan")
+        rows += group
+    bar.close()
+    env = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+           "peak_flops": peak, "peak_source": peak_src, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
+    head = ["model", "batch", "size", "framework", "compile s", "median ms", "p10-p90 ms", "img/s",
+            "TFLOP/s", "MFU", "peak MiB", "vs torch-compile"]
+    table = [head] + [[r["model"], str(r["batch"]), str(r["size"]), r["framework"], f"{r['compile_s']:.1f}",
+                       f"{r['median_ms']:.1f}", f"{r['p10_ms']:.1f}-{r['p90_ms']:.1f}",
+                       f"{r['images_per_s']:.1f}", f"{r['tflops']:.3f}",
+                       "-" if math.isnan(r["mfu"]) else f"{100 * r['mfu']:.1f}%", f"{r['peak_mem_mib']:.0f}",
+                       f"{r['vs_torch_compile']:.2f}x"] for r in rows]
+    print(f"\nbench: mode={args.mode} dtype={args.dtype} device={args.device} steps={args.steps} "
+          f"warmup={args.warmup} peak={peak / 1e9:.1f} GFLOP/s ({peak_src})")
+    for fw, s in settings.items():
+        print(f"settings {fw}: " + ", ".join(f"{k}={v}" for k, v in s.items()))
+    print("same work: " + "\n           ".join(notes) + "\n")
+    if len(table) > 1:
+        print(report.text_table(table, right=tuple(range(4, 12))))
+    files = _plot(rows, out, len(args.batch) > 1) if rows else []
+    (out / "bench.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "run"},
+                                                "environment": env, "settings": settings, "same_work": notes,
+                                                "refused": refused, "results": rows}, indent=1, default=str))
+    md = [f"# Benchmark ({args.mode}, {args.dtype}, {args.device})", "", f"Environment: {env}", "",
+          *[f"- {fw}: {s}" for fw, s in settings.items()], "", *[f"- {n}" for n in notes], "",
+          report.markdown_table(table), "", *[f"![{f}]({f})" for f in files]]
+    (out / "bench.md").write_text("\n".join(md))
+    print(f"\nreports: {out}/bench.json, bench.md, " + ", ".join(files))
+    return 1 if refused else 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="throughput: jax.jit vs torch.compile vs torch eager, same work")
+    p.add_argument("--models", default="resnet18", help="comma separated (default resnet18)")
+    p.add_argument("--mode", choices=("train", "infer"), default="train")
+    p.add_argument("--batch", default="32", help="batch size, or a comma separated sweep")
+    p.add_argument("--image-size", default="64", help="input size, or a comma separated sweep")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps after the compiling call")
+    p.add_argument("--frameworks", default=",".join(bench.FRAMEWORKS))
+    p.add_argument("--compile-mode", choices=("default", "max-autotune"), default="default")
+    p.add_argument("--out", type=Path, default=Path("reports/bench"))
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from parity import specs
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in specs.list_models()]
+    if unknown:
+        raise SystemExit(f"error: unknown model(s) {unknown}; valid: {', '.join(specs.list_models())}")
+    args.batch = [int(b) for b in str(args.batch).split(",")]
+    args.image_size = [int(s) for s in str(args.image_size).split(",")]
+    return main(models, args)
+

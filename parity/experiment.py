@@ -1,0 +1,315 @@
+"""The papers' experiments in both frameworks: ResNet Figure 6 (degradation) and VGG's 3x3 argument."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from parity import flops, report, specs
+
+DEGRADATION_NETS = ("plain20", "plain56", "resnet20", "resnet56")
+
+
+class DataError(ValueError):
+    """A dataset that is missing or malformed."""
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_digits(seed: int = 0, test_fraction: float = 0.2, upscale: int = 1):
+    """scikit-learn's 8x8 handwritten digits (1,797 images, shipped inside the package), gray
+    replicated to 3 channels, standardised; optionally upscaled by pixel repetition."""
+    try:
+        from sklearn.datasets import load_digits as sk_digits
+    except ImportError as e:  # pragma: no cover - the experiments extra brings it
+        raise DataError("the digits data needs scikit-learn: pip install '.[experiments]'") from e
+    d = sk_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None].repeat(3, axis=1)
+    if upscale > 1:
+        x = x.repeat(upscale, axis=2).repeat(upscale, axis=3)
+    y = d.target.astype(np.int64)
+    return _split(x, y, seed, test_fraction)
+
+
+def _split(x, y, seed, test_fraction):
+    idx = np.random.default_rng(seed).permutation(len(x))
+    n_test = int(len(x) * test_fraction)
+    test, train = idx[:n_test], idx[n_test:]
+    mean, std = x[train].mean(axis=(0, 2, 3), keepdims=True), x[train].std(axis=(0, 2, 3), keepdims=True) + 1e-6
+    x = (x - mean) / std
+    return (x[train], y[train]), (x[test], y[test])
+
+
+CIFAR_RECORD = 1 + 3 * 32 * 32
+
+
+def read_cifar_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 binary file: records of 1 label byte + 3072 pixel bytes (CHW, uint8)."""
+    if not path.is_file():
+        raise DataError(f"missing CIFAR-10 file {path} (expected the binary version: data_batch_1.bin ... "
+                        "data_batch_5.bin and test_batch.bin; nothing is downloaded)")
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size == 0 or raw.size % CIFAR_RECORD:
+        raise DataError(f"{path}: {raw.size} bytes is not a whole number of {CIFAR_RECORD}-byte records")
+    rec = raw.reshape(-1, CIFAR_RECORD)
+    labels = rec[:, 0].astype(np.int64)
+    if labels.max() > 9:
+        raise DataError(f"{path}: label {labels.max()} out of range 0-9; not a CIFAR-10 binary file")
+    return rec[:, 1:].reshape(-1, 3, 32, 32).astype(np.float32) / 255.0, labels
+
+
+def load_cifar10(data_dir: Path):
+    data_dir = Path(data_dir)
+    train = [read_cifar_bin(data_dir / f"data_batch_{i}.bin") for i in range(1, 6)]
+    xt, yt = read_cifar_bin(data_dir / "test_batch.bin")
+    x, y = np.concatenate([a for a, _ in train]), np.concatenate([b for _, b in train])
+    mean, std = x.mean(axis=(0, 2, 3), keepdims=True), x.std(axis=(0, 2, 3), keepdims=True)
+    return ((x - mean) / std, y), ((xt - mean) / std, yt)
+
+
+# --------------------------------------------------------------------------- training, both frameworks
+
+
+def lr_at(epoch: int, epochs: int, lr: float) -> float:
+    """The paper's step decay scaled to the run: /10 at 50% and at 75% of the epochs (paper: 32k
+    and 48k of 64k iterations)."""
+    return lr * (0.1 ** ((epoch >= epochs // 2) + (epoch >= (3 * epochs) // 4)))
+
+
+def _batches(n: int, batch: int, seed: int, epoch: int) -> list[np.ndarray]:
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return [order[i:i + batch] for i in range(0, n - batch + 1, batch)]  # full batches only
+
+
+def _error(logits: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(logits.argmax(axis=1) != y))
+
+
+def train_torch(name, weights, data, epochs, batch, lr, seed, bar=None) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    import torchnets
+
+    (x, y), (xt, yt) = data
+    model = torchnets.build(name)
+    model.load_state_dict(weights)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    curves = {"train_loss": [], "train_error": [], "test_error": []}
+    xt_t = torch.from_numpy(xt)
+    for epoch in range(epochs):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(epoch, epochs, lr)
+        model.train()
+        losses, errs = [], []
+        for idx in _batches(len(x), batch, seed, epoch):
+            logits = model(torch.from_numpy(x[idx]))
+            loss = F.cross_entropy(logits, torch.from_numpy(y[idx]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            errs.append(_error(logits.detach().numpy(), y[idx]))
+        model.eval()
+        with torch.no_grad():
+            test_logits = model(xt_t).numpy()
+        curves["train_loss"].append(float(np.mean(losses)))
+        curves["train_error"].append(float(np.mean(errs)))
+        curves["test_error"].append(_error(test_logits, yt))
+        if bar:
+            bar.update()
+    return curves
+
+
+def train_flax(name, weights, data, epochs, batch, lr, seed, bar=None) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import jaxnets
+    from parity import convert
+
+    (x, y), (xt, yt) = data
+    model = jaxnets.build(name)
+    variables = convert.torch_to_flax(weights, name)
+    params, stats = variables["params"], variables["batch_stats"]
+    # torch.optim.SGD: buf = 0.9 * buf + (g + wd * p); p -= lr * buf (lr outside the momentum buffer)
+    tx = optax.chain(optax.add_decayed_weights(1e-4), optax.trace(decay=0.9))
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, stats, opt_state, xb, yb, lr_now):
+        def loss_fn(p):
+            logits, upd = model.apply({"params": p, "batch_stats": stats}, xb, train=True, mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), (logits, upd["batch_stats"])
+        (loss, (logits, stats)), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(g, opt_state, params)
+        updates = jax.tree_util.tree_map(lambda u: -lr_now * u, updates)
+        return optax.apply_updates(params, updates), stats, opt_state, loss, logits
+
+    evaluate = jax.jit(lambda p, s, xb: model.apply({"params": p, "batch_stats": s}, xb, train=False))
+    x_nhwc, xt_nhwc = x.transpose(0, 2, 3, 1), jnp.asarray(xt.transpose(0, 2, 3, 1))
+    curves = {"train_loss": [], "train_error": [], "test_error": []}
+    for epoch in range(epochs):
+        lr_now = jnp.float32(lr_at(epoch, epochs, lr))
+        losses, errs = [], []
+        for idx in _batches(len(x), batch, seed, epoch):
+            params, stats, opt_state, loss, logits = step(params, stats, opt_state, x_nhwc[idx], y[idx], lr_now)
+            losses.append(float(loss))
+            errs.append(_error(np.asarray(logits), y[idx]))
+        curves["train_loss"].append(float(np.mean(losses)))
+        curves["train_error"].append(float(np.mean(errs)))
+        curves["test_error"].append(_error(np.asarray(evaluate(params, stats, xt_nhwc)), yt))
+        if bar:
+            bar.update()
+    return curves
+
+
+def degradation(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    import torchnets
+
+    if args.data == "cifar10":
+        if not args.data_dir:
+            raise SystemExit("error: --data cifar10 needs --data-dir DIR with the binary CIFAR-10 files")
+        data, note = load_cifar10(args.data_dir), "CIFAR-10 (binary version), 32x32, no augmentation"
+    else:
+        data = load_digits(args.seed, upscale=args.upscale)
+        side = 8 * args.upscale
+        note = ("scikit-learn digits, 8x8 gray replicated to 3 channels"
+                + (f", upscaled x{args.upscale} to {side}x{side} by pixel repetition" if args.upscale > 1 else
+                   ", native 8x8 (not upscaled)") + f"; {len(data[0][1])} train / {len(data[1][1])} test images")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    nets = [n.strip() for n in args.nets.split(",")]
+    results: dict = {}
+    start = time.time()
+    bar = tqdm(total=len(nets) * 2 * args.epochs, desc="degradation", unit="epoch", file=sys.stderr)
+    for name in nets:
+        torch.manual_seed(args.seed)
+        weights = torchnets.build(name).state_dict()  # the same initial weights for both frameworks
+        bar.set_postfix_str(f"{name} torch")
+        t = train_torch(name, weights, data, args.epochs, args.batch, args.lr, args.seed, bar)
+        bar.set_postfix_str(f"{name} flax")
+        f = train_flax(name, weights, data, args.epochs, args.batch, args.lr, args.seed, bar)
+        drift = [abs(a - b) / abs(a) for a, b in zip(t["train_loss"], f["train_loss"], strict=True)]
+        results[name] = {"torch": t, "flax": f, "train_loss_rel_diff": drift}
+    bar.close()
+    elapsed = time.time() - start
+    rows = [["net", "params", "final train err t/f", "final test err t/f", "epoch-1 loss gap", "max loss gap"]]
+    for name, r in results.items():
+        rows.append([name, f"{flops.count(specs.get(name)).params:,}",
+                     f"{100 * r['torch']['train_error'][-1]:.1f}% / {100 * r['flax']['train_error'][-1]:.1f}%",
+                     f"{100 * r['torch']['test_error'][-1]:.1f}% / {100 * r['flax']['test_error'][-1]:.1f}%",
+                     f"{100 * r['train_loss_rel_diff'][0]:.3f}%", f"{100 * max(r['train_loss_rel_diff']):.2f}%"])
+    print(f"\ndata: {note}\nrecipe: SGD momentum 0.9, weight decay 1e-4, batch {args.batch}, lr {args.lr}, "
+          f"/10 at epochs {args.epochs // 2} and {(3 * args.epochs) // 4}, {args.epochs} epochs; {elapsed:.0f} s\n")
+    print(report.text_table(rows))
+    _plot_curves(results, out / "degradation.png", note)
+    (out / "degradation.json").write_text(json.dumps({"data": note, "args": {k: str(v) for k, v in vars(args).items()
+                                                                            if k != "run"},
+                                                      "seconds": elapsed, "results": results}, indent=1))
+    print(f"\nwrote {out}/degradation.png, degradation.json")
+    return 0
+
+
+def _plot_curves(results: dict, path: Path, note: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    colors = dict(zip(results, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    for ax, key, title in [(axes[0], "train_error", "training error"), (axes[1], "test_error", "test error")]:
+        for name, r in results.items():
+            epochs = range(1, len(r["torch"][key]) + 1)
+            ax.plot(epochs, [100 * v for v in r["torch"][key]], color=colors[name], label=f"{name} torch")
+            ax.plot(epochs, [100 * v for v in r["flax"][key]], color=colors[name], ls="--", label=f"{name} flax")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("error (%)")
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"Degradation (ResNet paper Fig. 6), torch solid / Flax dashed\n{note}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- VGG's receptive-field argument
+
+
+def stack_table(channels: int = 256, size: int = 56) -> list[list[str]]:
+    """n stacked 3x3 convs vs one (2n+1)x(2n+1) conv, from real torch layers: receptive field
+    measured by back-propagating from the centre output, weights counted, MACs at size x size."""
+    import torch
+    from torch import nn
+
+    from torchnets import layers
+
+    rows = [["layers", "receptive field", "weights", "weights / C^2", "GMACs", "nonlinearities"]]
+    for n in (2, 3):
+        for stack in (True, False):
+            mods = [layers.conv(channels, channels, 3) for _ in range(n)] if stack else \
+                [layers.conv(channels, channels, 2 * n + 1)]
+            net = nn.Sequential(*[m for conv in mods for m in (conv, nn.ReLU())])
+            x = torch.randn(1, channels, 31, 31, requires_grad=True)
+            net(x)[0, :, 15, 15].sum().backward()
+            touched = (x.grad.abs().sum(dim=(0, 1)) > 0).nonzero()
+            rf = int(touched[:, 0].max() - touched[:, 0].min() + 1)
+            weights = sum(m.weight.numel() for m in mods)
+            macs = sum(m.weight.numel() for m in mods) * size * size
+            label = f"{n} x 3x3" if stack else f"1 x {2 * n + 1}x{2 * n + 1}"
+            rows.append([label, f"{rf}x{rf}", f"{weights:,}", f"{weights / channels**2:.0f}", f"{macs / 1e9:.2f}",
+                         str(n if stack else 1)])
+    return rows
+
+
+def vgg_table() -> list[list[str]]:
+    rows = [["config", "model", "conv layers", "params", "paper (M)", "GMACs @224"]]
+    paper = {"A": 133, "A-LRN": 133, "B": 133, "C": 134, "D": 138, "E": 144}
+    for cfg, name in [("A", "vgg11"), ("A-LRN", "vgg11_lrn"), ("B", "vgg13"), ("C", "vgg16_c"), ("D", "vgg16"),
+                      ("E", "vgg19")]:
+        spec = specs.get(name)
+        c = flops.count(spec)
+        convs = sum(1 for la in spec.features() if la.kind == "conv")
+        rows.append([cfg, name, str(convs), f"{c.params:,}", str(paper[cfg]), f"{c.macs / 1e9:.2f}"])
+    return rows
+
+
+def receptive_field(args: argparse.Namespace) -> int:
+    print(f"Stacks of 3x3 convs vs one large conv, C={args.channels} channels in and out, "
+          f"MACs at {args.size}x{args.size} (measured from torchnets layers):\n")
+    print(report.text_table(stack_table(args.channels, args.size)))
+    print("\nVGG configurations (paper Table 1/2), counted from the variant table:\n")
+    print(report.text_table(vgg_table(), right=(2, 3, 4, 5)))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("experiment", help="the papers' experiments: degradation, receptive-field")
+    esub = p.add_subparsers(dest="experiment", required=True)
+    d = esub.add_parser("degradation", help="plain vs residual nets, both frameworks (ResNet Fig. 6)")
+    d.add_argument("--data", choices=("digits", "cifar10"), default="digits")
+    d.add_argument("--data-dir", type=Path, help="folder with CIFAR-10's binary .bin files")
+    d.add_argument("--nets", default=",".join(DEGRADATION_NETS))
+    d.add_argument("--epochs", type=int, default=12)
+    d.add_argument("--batch", type=int, default=128)
+    d.add_argument("--lr", type=float, default=0.1)
+    d.add_argument("--upscale", type=int, default=1, help="digits only: pixel-repeat factor (1: native 8x8)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", type=Path, default=Path("reports/degradation"))
+    d.set_defaults(run=degradation)
+    r = esub.add_parser("receptive-field", help="VGG's 3x3-stack argument and the A-E totals")
+    r.add_argument("--channels", type=int, default=256)
+    r.add_argument("--size", type=int, default=56)
+    r.set_defaults(run=receptive_field)

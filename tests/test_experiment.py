@@ -1,0 +1,61 @@
+import json
+
+import numpy as np
+import pytest
+
+from parity import experiment
+from parity.__main__ import main
+
+
+def test_digits_data_is_real_and_split():
+    (x, y), (xt, yt) = experiment.load_digits()
+    assert x.shape[1:] == (3, 8, 8) and len(x) + len(xt) == 1797
+    assert set(np.unique(y)) == set(range(10))
+    assert abs(float(x.mean())) < 1e-3
+    (xu, _), _ = experiment.load_digits(upscale=2)
+    assert xu.shape[1:] == (3, 16, 16)
+
+
+def test_cifar_binary_reader_validates(tmp_path):
+    rng = np.random.default_rng(0)
+    good = np.concatenate([rng.integers(0, 10, (5, 1)), rng.integers(0, 256, (5, 3072))], axis=1).astype(np.uint8)
+    for i in range(1, 6):
+        good.tofile(tmp_path / f"data_batch_{i}.bin")
+    with pytest.raises(experiment.DataError, match="test_batch.bin"):
+        experiment.load_cifar10(tmp_path)
+    good.tofile(tmp_path / "test_batch.bin")
+    (x, y), (xt, yt) = experiment.load_cifar10(tmp_path)
+    assert x.shape == (25, 3, 32, 32) and xt.shape == (5, 3, 32, 32)
+    (tmp_path / "test_batch.bin").write_bytes(good.tobytes()[:-7])
+    with pytest.raises(experiment.DataError, match="whole number"):
+        experiment.load_cifar10(tmp_path)
+    bad = good.copy()
+    bad[0, 0] = 200
+    bad.tofile(tmp_path / "test_batch.bin")
+    with pytest.raises(experiment.DataError, match="label 200"):
+        experiment.load_cifar10(tmp_path)
+
+
+def test_step_decay():
+    assert [experiment.lr_at(e, 8, 0.1) for e in range(8)] == pytest.approx([0.1] * 4 + [0.01] * 2 + [0.001] * 2)
+
+
+def test_degradation_first_epoch_losses_agree(tmp_path, capsys):
+    code = main(["experiment", "degradation", "--nets", "resnet20,plain20", "--epochs", "2", "--out",
+                 str(tmp_path)])
+    assert code == 0
+    data = json.loads((tmp_path / "degradation.json").read_text())
+    for name in ("resnet20", "plain20"):
+        r = data["results"][name]
+        assert r["train_loss_rel_diff"][0] < 0.01  # the bound: within 1% for the first epoch
+        assert len(r["torch"]["test_error"]) == len(r["flax"]["test_error"]) == 2
+    assert (tmp_path / "degradation.png").stat().st_size > 1000
+    assert "native 8x8" in capsys.readouterr().out
+
+
+def test_receptive_field_table(capsys):
+    assert main(["experiment", "receptive-field", "--channels", "8", "--size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "2 x 3x3  5x5" in out and "3 x 3x3  7x7" in out
+    rows = experiment.stack_table(8, 8)
+    assert rows[1][3] == "18" and rows[2][3] == "25" and rows[3][3] == "27" and rows[4][3] == "49"

@@ -1,0 +1,66 @@
+"""Each framework difference in jaxnets/layers.py against its torch counterpart, in float64."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from jaxnets import layers as jl
+from torchnets import layers as tl
+
+
+def nchw(a):
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
+
+
+def nhwc(t):
+    return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+@pytest.fixture
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+@pytest.mark.parametrize("h", [7, 8, 13, 32])
+def test_local_response_norm_matches_torch(x64, h):
+    x = np.random.default_rng(h).standard_normal((2, h, h, 9)) * 3
+    want = nhwc(tl.local_response_norm()(nchw(x)))
+    np.testing.assert_allclose(np.asarray(jl.local_response_norm(jnp.asarray(x))), want, rtol=1e-13)
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (2, 3), (5, 5), (7, 7), (9, 14), (16, 16)])
+def test_adaptive_avg_pool_matches_torch(x64, h, w):
+    x = np.random.default_rng(h * w).standard_normal((2, h, w, 4))
+    want = nhwc(torch.nn.AdaptiveAvgPool2d((7, 7))(nchw(x)))
+    # atol: a bin mean near zero carries float64 rounding of its O(1) summands (~1e-16)
+    np.testing.assert_allclose(np.asarray(jl.adaptive_avg_pool(jnp.asarray(x), 7)), want, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("h", [7, 8, 15, 16])
+def test_stem_max_pool_matches_torch(x64, h):
+    x = np.random.default_rng(h).standard_normal((2, h, h, 3)) - 5  # all negative: padding must be -inf
+    want = nhwc(tl.max_pool_3x3()(nchw(x)))
+    np.testing.assert_array_equal(np.asarray(jl.max_pool_3x3(jnp.asarray(x))), want)
+
+
+@pytest.mark.parametrize("h,stride", [(7, 2), (8, 2), (8, 1)])
+def test_shortcut_a_matches_torch(x64, h, stride):
+    x = np.random.default_rng(h).standard_normal((2, h, h, 4))
+    want = nhwc(tl.ShortcutA(4, 8, stride)(nchw(x)))
+    np.testing.assert_array_equal(np.asarray(jl.shortcut_a(jnp.asarray(x), 8, stride)), want)
+
+
+def test_batch_norm_train_update_matches_torch(x64):
+    x = np.random.default_rng(0).standard_normal((3, 5, 5, 4)) * 2 + 1
+    bn_t = tl.batch_norm(4).double().train()
+    y_t = nhwc(bn_t(nchw(x)))
+    bn_j = jl.BatchNorm(param_dtype=jnp.float64)
+    v = bn_j.init(jax.random.key(0), jnp.asarray(x), train=False)
+    y_j, upd = bn_j.apply(v, jnp.asarray(x), train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(np.asarray(y_j), y_t, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(upd["batch_stats"]["mean"]), bn_t.running_mean.numpy(), rtol=1e-13)
+    np.testing.assert_allclose(np.asarray(upd["batch_stats"]["var"]), bn_t.running_var.numpy(), rtol=1e-13)
+    assert int(upd["batch_stats"]["num_batches_tracked"]) == int(bn_t.num_batches_tracked) == 1
