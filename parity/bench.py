@@ -69,6 +69,12 @@ class Measurement:
 # --------------------------------------------------------------------------- shared inputs
 
 
+def overrides(model: str) -> dict:
+    """VGG runs with dropout p=0 in both frameworks: their RNGs cannot draw the same masks, and the
+    first-step losses must be comparable (dropout is far below 0.1% of VGG's FLOPs)."""
+    return {"dropout": 0.0} if isinstance(specs.get(model), specs.VGGSpec) else {}
+
+
 def _inputs(job: Job) -> tuple[Any, np.ndarray, np.ndarray]:
     """(torch state_dict, x NCHW float32, labels) - identical in every worker."""
     import torch
@@ -77,7 +83,7 @@ def _inputs(job: Job) -> tuple[Any, np.ndarray, np.ndarray]:
 
     spec = specs.get(job.model)
     torch.manual_seed(job.seed)
-    sd = torchnets.build(job.model).state_dict()
+    sd = torchnets.build(job.model, **overrides(job.model)).state_dict()
     rng = np.random.default_rng(job.seed)
     x = rng.standard_normal((job.batch, spec.in_channels, job.size, job.size), dtype=np.float32)
     y = rng.integers(0, spec.num_classes, job.batch)
@@ -97,8 +103,8 @@ def _run_jax(job: Job) -> Measurement:
 
     sd, x_np, y_np = _inputs(job)
     dev = jax.devices("gpu" if job.device == "gpu" else "cpu")[0]
-    model = jaxnets.build(job.model, dtype=jnp.bfloat16 if job.dtype == "bf16" else None)
-    variables = jax.device_put(convert.torch_to_flax(sd, job.model), dev)
+    model = jaxnets.build(job.model, dtype=jnp.bfloat16 if job.dtype == "bf16" else None, **overrides(job.model))
+    variables = jax.device_put(convert.torch_to_flax(sd, job.model, **overrides(job.model)), dev)
     params, stats = variables["params"], variables.get("batch_stats", {})
     x = jax.device_put(jnp.asarray(x_np.transpose(0, 2, 3, 1)), dev)
     if job.dtype == "bf16":
@@ -155,7 +161,7 @@ def _run_torch(job: Job) -> Measurement:
     dev = torch.device("cuda" if job.device == "gpu" else "cpu")
     if job.device == "gpu":
         torch.backends.cudnn.benchmark = True  # cuDNN autotuning, as XLA autotunes its convolutions
-    model = torchnets.build(job.model)
+    model = torchnets.build(job.model, **overrides(job.model))
     model.load_state_dict(sd)
     model = model.to(dev, memory_format=torch.channels_last)
     x = torch.from_numpy(x_np).to(dev).contiguous(memory_format=torch.channels_last)

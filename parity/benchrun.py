@@ -95,9 +95,16 @@ def main(models: list[str], args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"{model} b{batch} {size}px {fw}")
             job = bench.Job(model, fw, args.mode, batch, size, args.dtype, args.device, args.steps, args.warmup,
                             args.compile_mode)
-            ms[fw] = bench.run_job(job)
-            settings[fw] = ms[fw].settings
+            try:
+                ms[fw] = bench.run_job(job)
+                settings[fw] = ms[fw].settings
+            except RuntimeError as e:  # one failed run must not lose the others' numbers
+                tqdm.write(f"FAILED {model} {fw}: {e}", file=sys.stderr)
             bar.update()
+        if len(ms) < len(frameworks):
+            refused.append(model)
+            notes.append(f"{model} b{batch} {size}px: a framework failed; not reported")
+            continue
         ok, text = same_work(ms, args.device, args.dtype)
         notes.append(f"{model} b{batch} {size}px: {text}")
         if not ok:

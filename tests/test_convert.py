@@ -1,0 +1,127 @@
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+import torchnets
+from conftest import REFERENCE, variants
+from parity import convert
+
+
+def random_state_dict(name: str, dtype=torch.float32, seed: int = 0) -> OrderedDict:
+    """Every key of the variant, random values (BN statistics and affine included)."""
+    g = torch.Generator().manual_seed(seed)
+    out = OrderedDict()
+    for k, (shape, dt) in convert.expected_state_dict(name).items():
+        out[k] = torch.randint(0, 10**6, shape, generator=g) if not dt.is_floating_point else \
+            torch.randn(shape, generator=g, dtype=dtype)
+    return out
+
+
+def assert_bits_equal(a, b):
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        assert torch.equal(a[k], b[k]), k
+
+
+def name_dtype(dtypes, heavy_dtype):
+    """Light variants in every dtype; heavy ones (slow) in ``heavy_dtype`` only, to bound CI time."""
+    out = []
+    for v in variants():
+        name, marks = getattr(v, "values", [v])[0], getattr(v, "marks", ())
+        out += [pytest.param(name, dt, marks=marks) for dt in dtypes if not marks or dt == heavy_dtype]
+    return out
+
+
+@pytest.mark.parametrize("name,dtype", name_dtype([torch.float32, torch.float64], torch.float32))
+def test_torch_flax_torch_is_bit_exact(name, dtype):
+    sd = random_state_dict(name, dtype)
+    assert_bits_equal(sd, convert.flax_to_torch(convert.torch_to_flax(sd, name), name))
+
+
+@pytest.mark.parametrize("name,dtype", name_dtype([np.float32, np.float64], np.float64))
+def test_flax_torch_flax_is_bit_exact(name, dtype):
+    flat = flatten_dict(convert.torch_to_flax(random_state_dict(name, seed=1), name))
+    flat = {k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in flat.items()}
+    variables = unflatten_dict(flat)
+    back = flatten_dict(convert.torch_to_flax(convert.flax_to_torch(variables, name), name))
+    assert set(back) == set(flat)
+    for k in flat:
+        assert back[k].dtype == flat[k].dtype and back[k].shape == flat[k].shape, k
+        assert back[k].tobytes() == flat[k].tobytes(), k
+
+
+def test_num_batches_tracked_survives_round_trip():
+    sd = torchnets.build("resnet20").state_dict()
+    sd["bn1.num_batches_tracked"].fill_(12345)
+    v = convert.torch_to_flax(sd, "resnet20")
+    assert int(v["batch_stats"]["bn1"]["num_batches_tracked"]) == 12345
+    assert int(convert.flax_to_torch(v, "resnet20")["bn1.num_batches_tracked"]) == 12345
+
+
+@pytest.mark.parametrize("name", variants(sorted(REFERENCE)))
+def test_converted_weights_load_strictly_into_torchnets(name):
+    with torch.device("meta"):
+        model = torchnets.build(name)
+    sd = convert.flax_to_torch(convert.torch_to_flax(random_state_dict(name), name), name)
+    result = model.load_state_dict(sd, strict=True, assign=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert [k for k, *_ in REFERENCE[name]["state_dict"]] == list(sd)
+
+
+def test_every_mismatch_is_reported_in_one_error():
+    sd = random_state_dict("resnet18")
+    del sd["layer1.0.conv1.weight"]
+    sd["layer9.extra.weight"] = torch.zeros(3)
+    sd["fc.weight"] = torch.zeros(10, 512)
+    sd["bn1.running_var"] = sd["bn1.running_var"].half()
+    sd["layer2.0.bn1.num_batches_tracked"] = torch.tensor(1.5)
+    with pytest.raises(convert.ConversionError) as e:
+        convert.torch_to_flax(sd, "resnet18")
+    msg = str(e.value)
+    assert "5 problem(s)" in msg
+    assert "missing 'layer1.0.conv1.weight': expected shape (64, 64, 3, 3)" in msg
+    assert "unexpected 'layer9.extra.weight': shape (3,)" in msg
+    assert "wrong shape 'fc.weight': expected (1000, 512), got (10, 512)" in msg
+    assert "wrong dtype 'bn1.running_var': expected float32 like the other weights, got float16" in msg
+    assert "expected an integer counter, got float32" in msg
+
+
+def test_non_strict_skips_and_returns_what_was_skipped():
+    sd = random_state_dict("resnet18")
+    sd["fc.weight"] = torch.zeros(10, 512)
+    sd["fc.bias"] = torch.zeros(10)
+    variables, problems = convert.torch_to_flax(sd, "resnet18", strict=False)
+    assert len(problems) == 2 and all("fc." in p for p in problems)
+    assert "fc" not in variables["params"] and "conv1" in variables["params"]
+    # or convert for the right head size
+    assert convert.torch_to_flax(sd, "resnet18", num_classes=10)["params"]["fc"]["kernel"].shape == (512, 10)
+
+
+def test_checkpoint_of_another_variant_is_refused_with_every_key():
+    with pytest.raises(convert.ConversionError) as e:
+        convert.torch_to_flax(random_state_dict("resnet18"), "resnet34")
+    assert "missing 'layer1.2.conv1.weight'" in str(e.value) and "layer4.2" in str(e.value)
+
+
+def test_flax_side_mismatches_name_flax_paths():
+    variables = convert.torch_to_flax(random_state_dict("resnet20"), "resnet20")
+    variables["params"]["conv1"]["kernel"] = variables["params"]["conv1"]["kernel"][..., :8]
+    del variables["batch_stats"]["bn1"]["var"]
+    with pytest.raises(convert.ConversionError) as e:
+        convert.flax_to_torch(variables, "resnet20")
+    msg = str(e.value)
+    assert "wrong shape 'params/conv1/kernel': expected (3, 3, 3, 16), got (3, 3, 3, 8)" in msg
+    assert "missing 'batch_stats/bn1/var'" in msg
+
+
+def test_vgg_classifier_rows_are_permuted_not_transposed():
+    sd = random_state_dict("vgg11")
+    w = sd["classifier.0.weight"].numpy()
+    k = convert.torch_to_flax(sd, "vgg11")["params"]["classifier"]["0"]["kernel"]
+    # Flax row (h, w, c) is torch column (c, h, w)
+    c, h, ww, out = 5, 3, 6, 7
+    assert k[(h * 7 + ww) * 512 + c, out] == w[out, c * 49 + h * 7 + ww]
