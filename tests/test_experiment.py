@@ -38,6 +38,7 @@ def test_cifar_binary_reader_validates(tmp_path):
 
 def test_step_decay():
     assert [experiment.lr_at(e, 8, 0.1) for e in range(8)] == pytest.approx([0.1] * 4 + [0.01] * 2 + [0.001] * 2)
+    assert [experiment.lr_at(e, 8, 0.1, warmup=1) for e in range(3)] == pytest.approx([0.01, 0.1, 0.1])
 
 
 def test_degradation_first_epoch_losses_agree(tmp_path, capsys):
