@@ -11,8 +11,8 @@ from parity.__main__ import main
 
 # Default suite: 5 samples. Slow suite (CI): 3 samples. The rest is "huge" (hours on 2 cores:
 # VGG's 120M-weight classifier in float64 XLA on CPU, the 100+-layer nets): `make test-huge`.
-DEFAULT = {"resnet20", "plain20", "resnet18"}
-SLOW = {"resnet34", "resnet50", "resnext50_32x4d", "plain34", "resnet56", "plain56"}
+DEFAULT = {"resnet20", "plain20"}
+SLOW = {"resnet18", "resnet34", "resnet50", "resnext50_32x4d", "plain34", "resnet56", "plain56"}
 
 
 def tier(name: str):
