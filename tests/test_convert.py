@@ -125,3 +125,48 @@ def test_vgg_classifier_rows_are_permuted_not_transposed():
     # Flax row (h, w, c) is torch column (c, h, w)
     c, h, ww, out = 5, 3, 6, 7
     assert k[(h * 7 + ww) * 512 + c, out] == w[out, c * 49 + h * 7 + ww]
+
+
+@pytest.mark.parametrize("name", variants())
+def test_converted_weights_give_the_same_outputs(name):
+    """Issue 4's bound on converted weights, with BatchNorm statistics and affine randomised:
+    float64 eval and train outputs (and running stats) agree to 1e-10 relative, float32 eval
+    outputs to 1e-5 of the output scale."""
+    import jax
+    import jax.numpy as jnp
+
+    import jaxnets
+    from parity import compare, specs
+
+    ov = {"dropout": 0.0} if isinstance(specs.get(name), specs.VGGSpec) else {}
+    torch.manual_seed(0)
+    sd64 = compare.randomize(OrderedDict((k, v.double() if v.is_floating_point() else v) for k, v in
+                                         torchnets.build(name, **ov).state_dict().items()), 0)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32))
+    x_nhwc = x.transpose(0, 2, 3, 1)
+
+    def rel(a, b):
+        return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max() / np.abs(b).max())
+
+    tm = torchnets.build(name, **ov).double()
+    tm.load_state_dict(sd64)
+    with torch.no_grad():
+        t_eval = tm.eval()(torch.from_numpy(x)).numpy()
+        t_train = tm.train()(torch.from_numpy(x)).numpy()
+    with jax.enable_x64(True):
+        jm = jaxnets.build(name, param_dtype=jnp.float64, **ov)
+        v = jax.tree_util.tree_map(jnp.asarray, convert.torch_to_flax(sd64, name, **ov))
+        assert rel(jm.apply(v, x_nhwc, train=False), t_eval) <= 1e-10
+        y, upd = jm.apply(v, x_nhwc, train=True, mutable=["batch_stats"])
+        assert rel(y, t_train) <= 1e-10
+        back = convert.flax_to_torch({"params": v["params"], **upd}, name, **ov)
+        for k, t in tm.state_dict().items():
+            if "running" in k:
+                assert rel(back[k].numpy(), t.numpy()) <= 1e-10, k
+    sd32 = OrderedDict((k, v.float() if v.is_floating_point() else v) for k, v in sd64.items())
+    tm32 = torchnets.build(name, **ov)
+    tm32.load_state_dict(sd32)
+    with torch.no_grad():
+        t32 = tm32.eval()(torch.from_numpy(x.astype(np.float32))).numpy()
+    j32 = jaxnets.build(name, **ov).apply(convert.torch_to_flax(sd32, name, **ov), x_nhwc.astype(np.float32))
+    assert rel(j32, t32) <= 1e-5
