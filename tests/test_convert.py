@@ -127,7 +127,13 @@ def test_vgg_classifier_rows_are_permuted_not_transposed():
     assert k[(h * 7 + ww) * 512 + c, out] == w[out, c * 49 + h * 7 + ww]
 
 
-@pytest.mark.parametrize("name", variants())
+def huge_if_heavy():
+    """Light variants in the default suite; the heavy ones are `make test-huge` (about 20 min on 2 cores)."""
+    return [pytest.param(getattr(v, "values", [v])[0], marks=pytest.mark.huge) if getattr(v, "marks", ()) else v
+            for v in variants()]
+
+
+@pytest.mark.parametrize("name", huge_if_heavy())
 def test_converted_weights_give_the_same_outputs(name):
     """Issue 4's bound on converted weights, with BatchNorm statistics and affine randomised:
     float64 eval and train outputs (and running stats) agree to 1e-10 relative, float32 eval
