@@ -127,10 +127,18 @@ def test_vgg_classifier_rows_are_permuted_not_transposed():
     assert k[(h * 7 + ww) * 512 + c, out] == w[out, c * 49 + h * 7 + ww]
 
 
+# One of each kind of block, stem and head in the default suite; the other light variants are slow
+# (CI), the heavy ones `make test-huge` (about 20 min on 2 cores).
+OUTPUT_DEFAULT = {"resnet20", "plain20", "resnet18", "resnet50", "resnext50_32x4d", "vgg11_bn", "vgg11_lrn"}
+
+
 def huge_if_heavy():
-    """Light variants in the default suite; the heavy ones are `make test-huge` (about 20 min on 2 cores)."""
-    return [pytest.param(getattr(v, "values", [v])[0], marks=pytest.mark.huge) if getattr(v, "marks", ()) else v
-            for v in variants()]
+    out = []
+    for v in variants():
+        name = getattr(v, "values", [v])[0]
+        mark = pytest.mark.huge if getattr(v, "marks", ()) else None if name in OUTPUT_DEFAULT else pytest.mark.slow
+        out.append(pytest.param(name, marks=mark) if mark else name)
+    return out
 
 
 @pytest.mark.parametrize("name", huge_if_heavy())

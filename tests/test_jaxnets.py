@@ -91,6 +91,7 @@ def test_forward_shapes_and_grads(name):
         assert counters and all(int(c) == 1 for c in counters)
 
 
+@pytest.mark.slow  # 15 s each: tracing 1202 layers
 @pytest.mark.parametrize("name", sorted(VERY_DEEP))
 def test_very_deep_variants_trace_with_eval_shape(name):
     model = jaxnets.build(name)
