@@ -31,6 +31,7 @@ def test_derived_numbers():
     assert d["p10_ms"] < d["median_ms"] < d["p90_ms"]
 
 
+@pytest.mark.slow  # two frameworks x two batch sizes, each in a fresh process
 def test_bench_cli_end_to_end(tmp_path, capsys):
     code = main(["bench", "--models", "resnet20", "--batch", "4,8", "--image-size", "32", "--steps", "2",
                  "--warmup", "1", "--frameworks", "jax,torch-eager", "--out", str(tmp_path)])

@@ -75,6 +75,7 @@ def test_planted_same_padding_is_caught_and_located(monkeypatch):
     assert not r.ok and r.first_bad_layer == "conv1"
 
 
+@pytest.mark.slow  # about a minute: VGG's 120M-weight classifier in float64
 def test_planted_missing_flatten_permutation_is_caught_and_located(monkeypatch):
     monkeypatch.setattr(convert, "_flatten_rows", lambda spec: {})
     r = quick("vgg11_bn", steps=0)

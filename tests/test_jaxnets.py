@@ -54,7 +54,8 @@ def test_param_count_equals_torchnets(name):
 
 @pytest.mark.parametrize("name,overrides", [("resnet50", {}), ("resnext50_32x4d", {}), ("vgg11_bn", {}),
                                             ("resnet20", {}), ("resnet18", {"zero_init_residual": True}),
-                                            ("resnet50", {"zero_init_residual": True})])
+                                            pytest.param("resnet50", {"zero_init_residual": True},
+                                                         marks=pytest.mark.slow)])
 def test_init_follows_torchvision(name, overrides):
     spec = specs.get(name, **overrides)
     model = jaxnets.build(name, **overrides)
