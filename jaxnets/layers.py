@@ -87,8 +87,8 @@ def local_response_norm(x: jax.Array) -> jax.Array:
     the window zero-padded size//2 before and (size-1)//2 after (Flax has no LRN)."""
     size = LRN["size"]
     sq = jnp.pad(jnp.square(x), ((0, 0), (0, 0), (0, 0), (size // 2, (size - 1) // 2)))
-    window = jax.lax.reduce_window(sq, jnp.array(0, x.dtype), jax.lax.add, (1, 1, 1, size),
-                                   (1, 1, 1, 1), "VALID")
+    # a Python 0.0 init lets JAX use its differentiable window-sum (an array init is not, under jit)
+    window = jax.lax.reduce_window(sq, 0.0, jax.lax.add, (1, 1, 1, size), (1, 1, 1, 1), "VALID")
     return x / (LRN["k"] + LRN["alpha"] / size * window) ** LRN["beta"]
 
 

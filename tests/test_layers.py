@@ -64,3 +64,11 @@ def test_batch_norm_train_update_matches_torch(x64):
     np.testing.assert_allclose(np.asarray(upd["batch_stats"]["mean"]), bn_t.running_mean.numpy(), rtol=1e-13)
     np.testing.assert_allclose(np.asarray(upd["batch_stats"]["var"]), bn_t.running_var.numpy(), rtol=1e-13)
     assert int(upd["batch_stats"]["num_batches_tracked"]) == int(bn_t.num_batches_tracked) == 1
+
+
+def test_local_response_norm_gradient_matches_torch_under_jit(x64):
+    x = np.random.default_rng(3).standard_normal((2, 5, 5, 9))
+    xt = nchw(x).requires_grad_(True)
+    tl.local_response_norm()(xt).square().sum().backward()
+    g = jax.jit(jax.grad(lambda a: jnp.sum(jnp.square(jl.local_response_norm(a)))))(jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(g), nhwc(xt.grad), rtol=1e-12)
