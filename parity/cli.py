@@ -35,7 +35,7 @@ def run_convert(args: argparse.Namespace) -> int:
         return 2
     try:
         obj = io.load(args.input)
-        kind = "torch" if io._is_state_dict(obj) else "flax"
+        kind = "torch" if io.is_state_dict(obj) else "flax"
         target = args.to or ("flax" if kind == "torch" else "torch")
         ov = _overrides(args)
         if kind == "torch":

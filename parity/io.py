@@ -21,7 +21,7 @@ import torch
 
 from parity import arrays
 
-__all__ = ["save", "load", "CheckpointError", "FORMATS", "flatten", "unflatten", "nonfinite_keys"]
+__all__ = ["save", "load", "CheckpointError", "FORMATS", "flatten", "unflatten", "nonfinite_keys", "is_state_dict"]
 
 FORMATS = {".safetensors": "safetensors", ".pt": "torch", ".pth": "torch", ".msgpack": "msgpack"}
 _KIND_KEY = "parity.kind"  # safetensors metadata: "torch" (state_dict) or "flax" (nested tree)
@@ -64,14 +64,15 @@ def unflatten(flat: Mapping[str, Any], sep: str = "/") -> dict[str, Any]:
     return out
 
 
-def _is_state_dict(obj: Any) -> bool:
+def is_state_dict(obj: Any) -> bool:
+    """A torch state_dict: a mapping whose values are all tensors (else: Flax variables)."""
     return isinstance(obj, Mapping) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
 def _kind(obj: Any) -> str:
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(f"expected a non-empty state_dict or Flax variables dict, got {type(obj).__name__}")
-    if _is_state_dict(obj):
+    if is_state_dict(obj):
         return "torch"
     for k, v in flatten(obj).items():
         if not (isinstance(v, np.ndarray) or hasattr(v, "__array__") and hasattr(v, "dtype")):
@@ -156,7 +157,7 @@ def load(path: str | os.PathLike, allow_nonfinite: bool = False) -> Any:
 
 def nonfinite_keys(obj: Mapping[str, Any]) -> list[str]:
     """Keys (flat, '/'-joined for trees) whose floating values contain NaN or Inf."""
-    flat = dict(obj) if _is_state_dict(obj) else flatten(obj)
+    flat = dict(obj) if is_state_dict(obj) else flatten(obj)
     bad = []
     for k, v in flat.items():
         if isinstance(v, torch.Tensor):
@@ -192,7 +193,7 @@ def _load_torch(path: Path) -> Any:
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]  # the common {'state_dict': ..., 'epoch': ...} training checkpoint
-    if not _is_state_dict(obj) or not obj:
+    if not is_state_dict(obj) or not obj:
         raise CheckpointError(f"{path}: expected a state_dict (str -> Tensor), got {type(obj).__name__}"
                               + (" with non-tensor values" if isinstance(obj, Mapping) else ""))
     return OrderedDict(obj)
