@@ -47,9 +47,11 @@ def summary_rows(results: dict[str, compare.Result]) -> list[list[str]]:
 
 
 def detail_rows(r: compare.Result) -> list[list[str]]:
-    rows = [["quantity", "f64 struct (worst key)", "torch32 dist", "flax32 dist", "ok"]]
+    rows = [["quantity", "f64 struct (worst key)", "torch32 dist (median)", "flax32 dist (median)",
+             "precision rule", "torch32 samples", "flax32 samples", "ok"]]
     for v in r.verdicts:
         rows.append([v.quantity, f"{_fmt(v.struct)} ({v.struct_key})", _fmt(v.torch_dist), _fmt(v.flax_dist),
+                     v.rule, " ".join(map(_fmt, v.torch_samples)), " ".join(map(_fmt, v.flax_samples)),
                      "yes" if v.ok else "NO"])
     return rows
 
@@ -108,7 +110,9 @@ def main(names: list[str], args: argparse.Namespace) -> int:
           f"batch={args.batch} steps={args.steps} samples={args.samples}")
     print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
     print("columns: float64 structural disagreement; then 'torch/flax' = median distance of each framework's "
-          "working-dtype result to torch's float64 result\n")
+          "working-dtype result to torch's float64 result. Precision: forward quantities by medians, "
+          f"gradient-derived ones by a rank test over >= {compare.RANK_MIN_SAMPLES} samples "
+          f"(p < {compare.RANK_P}; see report.md)\n")
     print(report.text_table(rows))
     failed = [n for n, r in results.items() if not r.ok]
     print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed")

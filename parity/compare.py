@@ -7,14 +7,19 @@ and AdamW steps and trajectories, per-layer activations) is judged in two steps:
 
 1. structure: per tensor, max|flax64 - torch64| / max|torch64 over the quantity| <= ``STRUCT_RTOL``
    (trajectories: or <= factor x torch64's own spread from a one-ulp start, see ``judge``);
-2. precision: each framework's distance ||x - ref||_2 / ||ref||_2 to torch's float64 answer, median
-   over the samples; Flax passes when its median is at most ``factor`` x torch's + ``floor``.
+2. precision: each framework's distance ||x - ref||_2 / ||ref||_2 to torch's float64 answer over the
+   samples. Forward quantities: Flax passes when its median is at most ``factor`` x torch's + ``floor``.
+   Gradient-derived quantities are bimodal (see ``precision_verdict``): Flax fails when it is more
+   than ``factor`` x torch's + ``floor`` in nearly every pairing of samples (exact one-sided
+   Mann-Whitney test, p < ``RANK_P``; with fewer than ``RANK_MIN_SAMPLES`` samples, the medians).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import math
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +30,8 @@ import numpy as np
 from parity import convert, specs
 
 STRUCT_RTOL = 1e-10
+RANK_P = 0.01  # the rank test's significance level
+RANK_MIN_SAMPLES = 5  # 5 against 5 is the smallest design that can reach p < 0.01 (1/252)
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,7 @@ class Config:
     sgd: dict = field(default_factory=lambda: dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4))
     adamw: dict = field(default_factory=lambda: dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2))
     samples: int = 5  # working-dtype runs per framework: exact weights + 1-ulp perturbations
+    chaos_samples: int = 3  # torch float64 runs from 1-ulp starts that measure trajectory chaos
 
     def __post_init__(self):
         spec = specs.get(self.name, **self.model_overrides)
@@ -397,6 +405,41 @@ def _flat_intermediates(tree, path=()):
 
 QUANTITIES = ["eval", "train", "stats", "grads", "input_grad", "sgd_step1", "adamw_step1",
               "sgd_losses", "adamw_losses", "sgd_final", "adamw_final"]
+# Quantities behind a derivative of ReLU or max-pool: a float32 run flips one of those derivatives
+# whenever a float64 pre-activation lies within rounding of the kink, and the distance jumps.
+GRADIENT_QUANTITIES = {"grads", "input_grad", "sgd_step1", "adamw_step1", "sgd_losses", "adamw_losses",
+                       "sgd_final", "adamw_final"}
+
+
+@functools.cache
+def _u_count(u: int, n: int, m: int) -> int:
+    """Orderings of n + m values with exactly u (first-group, second-group) pairs in order."""
+    if u < 0:
+        return 0
+    if n == 0 or m == 0:
+        return int(u == 0)
+    # the largest value is from the first group (0 pairs) or the second (n pairs)
+    return _u_count(u, n - 1, m) + _u_count(u - n, n, m - 1)
+
+
+def rank_p(flax: list[float], torch: list[float], tol: Tolerance) -> float:
+    """One-sided exact Mann-Whitney p-value of "Flax is further than factor x torch + floor": the
+    chance, were both equally precise, of at most this few pairs with Flax within the bound."""
+    u = sum(f <= tol.factor * t + tol.floor for f in flax for t in torch)
+    n, m = len(flax), len(torch)
+    return sum(_u_count(k, n, m) for k in range(u + 1)) / math.comb(n + m, n)
+
+
+def precision_verdict(q: str, flax: list[float], torch: list[float], tol: Tolerance) -> tuple[bool, str]:
+    """(passes, rule). Measured on resnet56 (11 starts): the gradients' distance is 1.7e-6 when no
+    ReLU derivative flips and 5e-4 to 6e-3 when one does, in both frameworks alike, so a median of
+    5 lands on either mode by chance and a 3x bound on it fails correct ports. For those quantities
+    the rank test asks instead whether Flax is worse than the bound in nearly every pairing. Its
+    price: where torch's own samples span 500x, a uniform 10x slip in Flax can hide among them; the
+    forward quantities (judged by medians) and nets with few flips (resnet20) still expose it."""
+    if q in GRADIENT_QUANTITIES and min(len(flax), len(torch)) >= RANK_MIN_SAMPLES:
+        return rank_p(flax, torch, tol) >= RANK_P, "rank"
+    return float(np.median(flax)) <= tol.factor * float(np.median(torch)) + tol.floor, "median"
 
 
 @dataclass
@@ -409,6 +452,9 @@ class Verdict:
     flax_dist: float
     struct_ok: bool
     precision_ok: bool
+    rule: str = "median"  # how precision was judged: "median" or "rank" (see precision_verdict)
+    torch_samples: list[float] = field(default_factory=list)  # every sample's distance
+    flax_samples: list[float] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -461,23 +507,38 @@ class Reduced(dict):
         super().__setitem__(q, reduced)
 
 
+def _struct_bound(cfg: Config, q: str, chaos: Reduced | list[Reduced] | None) -> float:
+    runs = [] if chaos is None else [chaos] if isinstance(chaos, Reduced) else chaos
+    spread = max((e for c in runs if q in c for e in c[q].values()), default=0.0)
+    return max(STRUCT_RTOL, cfg.tolerance.factor * spread)
+
+
+def structure_ok(cfg: Config, struct: Reduced, chaos: Reduced | list[Reduced] | None) -> bool:
+    """Whether every quantity passes the structure step (see ``judge``)."""
+    return all(max(struct[q].values(), default=0.0) <= _struct_bound(cfg, q, chaos)
+               for q in QUANTITIES if q in struct)
+
+
 def judge(cfg: Config, ref_counters: dict, struct: Reduced, t_runs: list[Reduced], f_runs: list[Reduced],
-          chaos: Reduced | None = None) -> Result:
+          chaos: Reduced | list[Reduced] | None = None) -> Result:
     """Structure on the float64 pair; precision on the medians of the working-dtype runs' distances.
 
-    ``chaos``: torch float64 from weights moved by one float64 ulp, reduced like ``struct``. A
+    ``chaos``: torch float64 runs from weights moved by one float64 ulp, reduced like ``struct``. A
     trajectory through batch statistics amplifies 1e-16 differences (resnet18: to 5e-11 in 10
-    steps), so structure passes when the twins are no further apart than ``factor`` x torch's own
-    one-ulp spread, or ``STRUCT_RTOL``, whichever is larger. A porting bug is ~1e-3 or more.
+    steps; plain34: to 1e-2), so structure passes when the twins are no further apart than
+    ``factor`` x torch's own largest one-ulp spread, or ``STRUCT_RTOL``, whichever is larger. A
+    porting bug is ~1e-3 or more in the step-1 quantities, which no chaos loosens.
     """
     tol = cfg.tolerance
 
     def struct_bound(q: str) -> float:
-        spread = max(chaos[q].values(), default=0.0) if chaos is not None and q in chaos else 0.0
-        return max(STRUCT_RTOL, tol.factor * spread)
+        return _struct_bound(cfg, q, chaos)
+
+    def samples(runs, q, key=None):
+        return [float(r[q] if key is None else r[q][key]) for r in runs]
 
     def median(runs, q, key=None):
-        return float(np.median([r[q] if key is None else r[q][key] for r in runs]))
+        return float(np.median(samples(runs, q, key)))
 
     verdicts = []
     for q in QUANTITIES:
@@ -486,10 +547,12 @@ def judge(cfg: Config, ref_counters: dict, struct: Reduced, t_runs: list[Reduced
         errs = struct[q]
         worst = max(errs, key=errs.get) if errs else ""
         s = errs.get(worst, 0.0)
-        td, fd = median(t_runs, q), median(f_runs, q)
+        ts, fs = samples(t_runs, q), samples(f_runs, q)
         bound = struct_bound(q)
         first = next((k for k, e in errs.items() if not e <= bound), None)
-        verdicts.append(Verdict(q, s, worst, first, td, fd, s <= bound, fd <= tol.factor * td + tol.floor))
+        prec_ok, rule = precision_verdict(q, fs, ts, tol)
+        verdicts.append(Verdict(q, s, worst, first, float(np.median(ts)), float(np.median(fs)), s <= bound,
+                                prec_ok, rule, ts, fs))
     layers, first_bad = [], None
     for name, s in struct["layers"].items():
         td, fd = median(t_runs, "layers", name), median(f_runs, "layers", name)
@@ -529,16 +592,22 @@ def check(cfg: Config) -> Result:
     starts = [w32] + [perturbed(w32, i) for i in range(1, cfg.samples)]
     with torch_precision("cpu", "highest"):
         t64 = run_torch(cfg, w64, batches, "fp64", "cpu")
-        chaos = run_torch(cfg, perturbed(w64, 0), batches, "fp64", "cpu", Reduced(t64, "struct"))
+        chaos = [run_torch(cfg, perturbed(w64, 0), batches, "fp64", "cpu", Reduced(t64, "struct"))]
     with jax_precision("highest", True):
         struct = flax_runner(cfg, "fp64", "cpu")(w64, batches, Reduced(t64, "struct"))
+    # Trajectories of deep plain nets are chaotic even in float64 (plain34: one ulp grows to 1e-2 in
+    # 10 AdamW steps), and one perturbed run can underestimate that spread. More runs only widen the
+    # bound, so they are made only while a trajectory fails it, up to ``chaos_samples``.
+    while cfg.trajectories and len(chaos) < cfg.chaos_samples and not structure_ok(cfg, struct, chaos):
+        with torch_precision("cpu", "highest"):
+            chaos.append(run_torch(cfg, perturbed(w64, len(chaos)), batches, "fp64", "cpu", Reduced(t64, "struct")))
     with torch_precision(cfg.device, cfg.precision) as ts:
         t_runs = [run_torch(cfg, w, batches, cfg.dtype, cfg.device, Reduced(t64, "distance")) for w in starts]
     with jax_precision(cfg.precision, False) as js:
         run = flax_runner(cfg, cfg.dtype, cfg.device)
         f_runs = [run(w, batches, Reduced(t64, "distance")) for w in starts]
     result = judge(cfg, t64["counters"], struct, t_runs, f_runs, chaos)
-    result.settings = {**ts, **js, "float64 reference": "cpu", "samples": cfg.samples,
+    result.settings = {**ts, **js, "float64 reference": "cpu", "samples": cfg.samples, "chaos runs": len(chaos),
                        "tolerance": dataclasses.asdict(cfg.tolerance), "struct_rtol": STRUCT_RTOL,
                        "dropout": "switched off (p=0): the frameworks cannot draw the same masks"}
     return result

