@@ -521,14 +521,14 @@ def structure_ok(cfg: Config, struct: Reduced, chaos: Reduced | list[Reduced] | 
 
 def judge(cfg: Config, ref_counters: dict, struct: Reduced, t_runs: list[Reduced], f_runs: list[Reduced],
           chaos: Reduced | list[Reduced] | None = None) -> Result:
-    """Structure on the float64 pair; precision on the medians of the working-dtype runs' distances.
+    """Structure on the float64 pair; precision on the working-dtype runs' distances (``precision_verdict``).
 
     ``chaos``: torch float64 runs from weights moved by one float64 ulp, reduced like ``struct``. A
     trajectory through batch statistics amplifies 1e-16 differences (resnet18: to 5e-11 in 10
     steps; plain34: to 1e-2), so structure passes when the twins are no further apart than
     ``factor`` x torch's own largest one-ulp spread, or ``STRUCT_RTOL``, whichever is larger. A
-    porting bug is ~1e-3 or more in the step-1 quantities, which no chaos loosens.
-    """
+    porting bug is ~1e-3 or more in the step-1 quantities, where correct twins stay within 1e-9
+    (the worst measured: plain34's first AdamW step)."""
     tol = cfg.tolerance
 
     def struct_bound(q: str) -> float:
