@@ -21,7 +21,7 @@ import dataclasses
 import functools
 import math
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -507,20 +507,19 @@ class Reduced(dict):
         super().__setitem__(q, reduced)
 
 
-def _struct_bound(cfg: Config, q: str, chaos: Reduced | list[Reduced] | None) -> float:
-    runs = [] if chaos is None else [chaos] if isinstance(chaos, Reduced) else chaos
-    spread = max((e for c in runs if q in c for e in c[q].values()), default=0.0)
+def _struct_bound(cfg: Config, q: str, chaos: Sequence[Reduced]) -> float:
+    spread = max((e for c in chaos if q in c for e in c[q].values()), default=0.0)
     return max(STRUCT_RTOL, cfg.tolerance.factor * spread)
 
 
-def structure_ok(cfg: Config, struct: Reduced, chaos: Reduced | list[Reduced] | None) -> bool:
+def structure_ok(cfg: Config, struct: Reduced, chaos: Sequence[Reduced]) -> bool:
     """Whether every quantity passes the structure step (see ``judge``)."""
     return all(max(struct[q].values(), default=0.0) <= _struct_bound(cfg, q, chaos)
                for q in QUANTITIES if q in struct)
 
 
 def judge(cfg: Config, ref_counters: dict, struct: Reduced, t_runs: list[Reduced], f_runs: list[Reduced],
-          chaos: Reduced | list[Reduced] | None = None) -> Result:
+          chaos: Sequence[Reduced] = ()) -> Result:
     """Structure on the float64 pair; precision on the working-dtype runs' distances (``precision_verdict``).
 
     ``chaos``: torch float64 runs from weights moved by one float64 ulp, reduced like ``struct``. A
@@ -530,9 +529,6 @@ def judge(cfg: Config, ref_counters: dict, struct: Reduced, t_runs: list[Reduced
     porting bug is ~1e-3 or more in the step-1 quantities, where correct twins stay within 1e-9
     (the worst measured: plain34's first AdamW step)."""
     tol = cfg.tolerance
-
-    def struct_bound(q: str) -> float:
-        return _struct_bound(cfg, q, chaos)
 
     def samples(runs, q, key=None):
         return [float(r[q] if key is None else r[q][key]) for r in runs]
@@ -548,7 +544,7 @@ def judge(cfg: Config, ref_counters: dict, struct: Reduced, t_runs: list[Reduced
         worst = max(errs, key=errs.get) if errs else ""
         s = errs.get(worst, 0.0)
         ts, fs = samples(t_runs, q), samples(f_runs, q)
-        bound = struct_bound(q)
+        bound = _struct_bound(cfg, q, chaos)
         first = next((k for k, e in errs.items() if not e <= bound), None)
         prec_ok, rule = precision_verdict(q, fs, ts, tol)
         verdicts.append(Verdict(q, s, worst, first, float(np.median(ts)), float(np.median(fs)), s <= bound,
