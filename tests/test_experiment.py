@@ -49,12 +49,36 @@ def test_degradation_first_epoch_losses_agree(tmp_path, capsys):
     for name in ("resnet20", "plain20"):
         r = data["results"][name]
         assert r["train_loss_rel_diff"][0] < 0.01  # the bound: within 1% for the first epoch
+        # the float64 twins run the first epoch only, and agree far inside the bound on these nets
+        assert len(r["float64_rel_diff"]) == 1 and r["float64_rel_diff"][0] < 1e-9
+        assert set(r["float32_to_float64"]) == {"torch", "flax"}
+        assert len(r["torch_float64_ulp"]["train_loss"]) == 1 and r["torch_float64_ulp_rel_diff"][0] < 1e-6
         assert len(r["torch"]["test_error"]) == len(r["flax"]["test_error"]) == 2
         # the yardstick is a real second run: a one-ulp start moves the float32 curve, a little
         assert 0 < r["torch_ulp_rel_diff"][0] < 0.01
     assert (tmp_path / "degradation.png").stat().st_size > 1000
     out = capsys.readouterr().out
     assert "native 8x8" in out and "t/t(1 ulp)" in out
+    assert "float64 twins within 1%: PASS" in out
+
+
+def test_degradation_fails_when_the_float64_twins_disagree(tmp_path, monkeypatch, capsys):
+    # the verdict's logic only: stand-in runs whose float64 Flax epoch is 2% off
+    def fake(flax_offset):
+        def train(name, weights, data, epochs, *a, dtype="float32", run_epochs=None, **kw):
+            loss = 2.0 * (1 + (flax_offset if dtype == "float64" else 0.001))
+            n = epochs if run_epochs is None else run_epochs
+            return {"train_loss": [loss] * n, "train_error": [0.5] * n, "test_error": [0.5] * n}
+        return train
+
+    monkeypatch.setattr(experiment, "train_torch", fake(0.0))
+    monkeypatch.setattr(experiment, "train_flax", fake(0.02))
+    code = main(["experiment", "degradation", "--nets", "resnet20,plain20", "--epochs", "2", "--out",
+                 str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 1 and "FAIL: resnet20, plain20" in out
+    monkeypatch.setattr(experiment, "train_flax", fake(0.009))  # within the bound
+    assert main(["experiment", "degradation", "--nets", "resnet20", "--epochs", "2", "--out", str(tmp_path)]) == 0
 
 
 def test_receptive_field_table(capsys):
