@@ -17,10 +17,19 @@ DEFAULT = {"resnet20", "plain20"}
 SLOW = {"resnet18", "resnet50", "resnext50_32x4d", "plain56"}
 
 
+# Measured: compare.initial_weights' random running statistics compound over 600 blocks, so the
+# eval output reaches 1.6e122 in float64 and NaN in float32 (resnet1202; plain1202: 4e12). No
+# comparison of such outputs means anything, and one run takes over 25 min and 20 GB here. The
+# fix is test_convert's calibrated statistics, not yet moved into compare (open in #5).
+OVERFLOWING = pytest.mark.skip(reason="random BatchNorm statistics overflow over 600 blocks "
+                               "(resnet1202 eval: 1.6e122 in float64, NaN in float32)")
+
+
 def tier(name: str):
     if name in DEFAULT:
         return name
-    return pytest.param(name, marks=pytest.mark.slow if name in SLOW else pytest.mark.huge)
+    marks = [pytest.mark.slow if name in SLOW else pytest.mark.huge]
+    return pytest.param(name, marks=marks + ([OVERFLOWING] if name in VERY_DEEP else []))
 
 
 def config(name: str, **kw) -> compare.Config:
