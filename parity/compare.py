@@ -72,7 +72,7 @@ class Config:
     adamw: dict = field(default_factory=lambda: dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2))
     samples: int = 5  # working-dtype runs per framework: exact weights + 1-ulp perturbations
     # torch float64 runs from 1-ulp starts that measure trajectory chaos, made only while needed.
-    # Why up to 8: a drifting float64 trajectory can cross a ReLU kink and jump 1e4x in one step
+    # Why up to 8: a drifting float64 trajectory can cross a kink (ReLU or max-pool) and jump 1e4x
     # (plain18, SGD step 9: 2 of 14 torch runs, 4 of 5 Flax runs), a lottery that 3 runs can miss.
     chaos_samples: int = 8
 
