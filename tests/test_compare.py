@@ -17,19 +17,24 @@ DEFAULT = {"resnet20", "plain20"}
 SLOW = {"resnet18", "resnet50", "resnext50_32x4d", "plain56"}
 
 
-# Measured: compare.initial_weights' random running statistics compound over 600 blocks, so the
-# eval output reaches 1.6e122 in float64 and NaN in float32 (resnet1202; plain1202: 4e12). No
-# comparison of such outputs means anything, and one run takes over 25 min and 20 GB here. The
-# fix is test_convert's calibrated statistics, not yet moved into compare (open in #5).
-OVERFLOWING = pytest.mark.skip(reason="random BatchNorm statistics overflow over 600 blocks "
-                               "(resnet1202 eval: 1.6e122 in float64, NaN in float32)")
+# Measured on this project's 2-core machine:
+# - resnet1202: with compare.calibrate's statistics its outputs are well conditioned
+#   (test_calibrated_very_deep_weights), but one check had not finished after 45 min at 19 GB (XLA
+#   compiling the 1202-layer gradient in float64 took the first 20 min of it).
+# - plain1202: chaotic even in float64 with calibrated statistics: weights one ulp apart move torch's
+#   own train output by 0.29 of its scale, so no comparison of outputs means anything.
+TOO_LONG = pytest.mark.skip(reason="resnet1202's check had not finished after 45 min at 19 GB on 2 cores "
+                            "(XLA compile of a 1202-layer gradient); its weights are checked below")
+CHAOTIC = pytest.mark.skip(reason="plain1202 is chaotic in float64: one ulp moves torch's own train "
+                           "output by 0.29 of its scale (measured)")
 
 
 def tier(name: str):
     if name in DEFAULT:
         return name
     marks = [pytest.mark.slow if name in SLOW else pytest.mark.huge]
-    return pytest.param(name, marks=marks + ([OVERFLOWING] if name in VERY_DEEP else []))
+    marks += {"resnet1202": [TOO_LONG], "plain1202": [CHAOTIC]}.get(name, [])
+    return pytest.param(name, marks=marks)
 
 
 def config(name: str, **kw) -> compare.Config:
@@ -48,6 +53,36 @@ def test_every_variant_passes_structure_and_precision(name):
     if name not in VERY_DEEP:
         assert {"adamw_step1", "sgd_losses", "adamw_losses", "sgd_final", "adamw_final"} <= got
     assert len(r.layers) > 3 and r.first_bad_layer is None
+
+
+@pytest.mark.huge
+def test_calibrated_very_deep_weights():
+    """compare.initial_weights calibrates resnet1202's running statistics: its float64 eval and
+    train outputs stay near 1 in scale (random statistics gave 1.6e122), one ulp moves them by
+    under 1e-12, and float32 stays within 1e-5. plain1202 stays chaotic (see CHAOTIC)."""
+    import numpy as np
+    import torch
+
+    import torchnets
+
+    cfg = config("resnet1202")
+    assert compare.calibrates(cfg) and not compare.calibrates(config("resnet110"))
+    w64 = compare.initial_weights(cfg)
+    x = torch.from_numpy(compare.make_batches(cfg)[0][0])
+
+    def out(w, dtype, train):
+        m = torchnets.build(cfg.name).to(dtype)
+        m.load_state_dict(w)
+        with torch.no_grad():
+            return m.train(train)(x.to(dtype)).double().numpy()
+
+    w32 = {k: v.float() if v.is_floating_point() else v for k, v in w64.items()}
+    for train in (False, True):
+        y = out(w64, torch.float64, train)
+        scale = np.abs(y).max()
+        assert 0.1 < scale < 1e3, scale
+        assert np.abs(out(compare.perturbed(w64, 0), torch.float64, train) - y).max() / scale < 1e-12
+        assert np.abs(out(w32, torch.float32, train) - y).max() / scale < 1e-5
 
 
 def same_conv(cout, k, stride=1, groups=1, bias=False, *, name, dtype=None, param_dtype=None):

@@ -141,25 +141,6 @@ def huge_if_heavy():
     return out
 
 
-def calibrated(name: str, x: np.ndarray) -> OrderedDict:
-    """float64 weights whose running statistics are x's own batch statistics and whose BatchNorm
-    affine is random within 10%. Why not ``compare.randomize``: through 600 blocks, random running
-    statistics compound to outputs of 1e12 (float32 overflows to NaN); with these, resnet1202's
-    eval output is well conditioned (one-ulp spread 2e-14, measured)."""
-    tm = torchnets.build(name).double()
-    g = torch.Generator().manual_seed(1)
-    bns = [m for m in tm.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    with torch.no_grad():
-        for m in bns:
-            m.momentum = None  # a cumulative average: after one batch, that batch's statistics
-            m.weight.copy_(0.9 + 0.2 * torch.rand(m.weight.shape, generator=g, dtype=m.weight.dtype))
-            m.bias.copy_(0.2 * torch.rand(m.bias.shape, generator=g, dtype=m.bias.dtype) - 0.1)
-        tm.train()(torch.from_numpy(x))
-    for m in bns:
-        m.momentum = 0.1
-    return OrderedDict(tm.state_dict())
-
-
 @pytest.mark.parametrize("name", huge_if_heavy())
 def test_converted_weights_give_the_same_outputs(name):
     """Issue 4's bound on converted weights, with BatchNorm statistics and affine randomised:
@@ -182,7 +163,8 @@ def test_converted_weights_give_the_same_outputs(name):
     x = np.random.default_rng(0).standard_normal((2, 3, size, size))
     torch.manual_seed(0)
     if name in VERY_DEEP:
-        sd64 = calibrated(name, x)
+        # random running statistics would compound to 1e12 (float32: NaN) through 600 blocks
+        sd64 = compare.calibrate(torchnets.build(name), x, 0)
     else:
         sd64 = compare.randomize(OrderedDict((k, v.double() if v.is_floating_point() else v) for k, v in
                                              torchnets.build(name, **ov).state_dict().items()), 0)
