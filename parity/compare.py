@@ -135,8 +135,8 @@ def distance(a: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> floa
             return float("inf")
         r = np.asarray(r, np.float64)
         d = np.asarray(a[k], np.float64) - r
-        # vdot, not sum(square()): one temporary less, and VGG's 100M-weight classifier made this
-        # the check's hottest line (32% of a vgg11 check, sampled)
+        # vdot, not sum(square()): one temporary less; with VGG's 100M-weight classifier this line
+        # took 32% of a one-minute py-spy sample of a vgg11 check
         num += float(np.vdot(d, d))
         den += float(np.vdot(r, r))
     return float(np.sqrt(num / den)) if den > 0 else float(np.sqrt(num))
@@ -178,11 +178,11 @@ def make_batches(cfg: Config) -> list[tuple[np.ndarray, np.ndarray]]:
 CALIBRATE_ABOVE = 200
 
 
-def calibrate(model, x: np.ndarray, seed: int) -> OrderedDict:
-    """float64 weights of ``model`` whose running statistics are the batch statistics of ``x`` and
-    whose BatchNorm affine is random within 10%: the mean/var and scale/bias still differ, so a
-    swap still shows, and the statistics match the activations they normalise, so 600 blocks stay
-    well conditioned (resnet1202's eval output: one-ulp spread 2e-14, measured)."""
+def calibrate(model: Any, x: np.ndarray, seed: int) -> OrderedDict:
+    """float64 weights of ``model`` (a torch module, changed in place) whose running statistics are
+    the batch statistics of ``x`` and whose BatchNorm affine is random within 10%: the mean/var and
+    scale/bias still differ, so a swap still shows, and the statistics match the activations they
+    normalise, so 600 blocks stay well conditioned (resnet1202's eval output: one-ulp spread 2e-14, measured)."""
     import torch
 
     model = model.double()
