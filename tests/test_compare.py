@@ -19,8 +19,8 @@ SLOW = {"resnet18", "resnet50", "resnext50_32x4d", "plain56"}
 
 # Measured on this project's 2-core machine:
 # - resnet1202: with compare.calibrate's statistics its outputs are well conditioned
-#   (test_calibrated_very_deep_weights), but one check had not finished after 45 min at 19 GB (XLA
-#   compiling the 1202-layer gradient in float64 took the first 20 min of it).
+#   (test_calibrated_very_deep_weights), but one check had not finished after 45 min at 19 GB; at
+#   20 min, py-spy found it still in XLA's compile of the float64 Flax gradient.
 # - plain1202: chaotic even in float64 with calibrated statistics: weights one ulp apart move torch's
 #   own train output by 0.29 of its scale, so no comparison of outputs means anything.
 TOO_LONG = pytest.mark.skip(reason="resnet1202's check had not finished after 45 min at 19 GB on 2 cores "
