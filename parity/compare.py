@@ -187,7 +187,7 @@ def calibrate(model: Any, x: np.ndarray, seed: int) -> OrderedDict:
 
     model = model.double()
     g = torch.Generator().manual_seed(seed + 1)
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     with torch.no_grad():
         for m in bns:
             m.momentum = None  # a cumulative average: after one batch, that batch's statistics
