@@ -10,22 +10,22 @@ import platform
 import sys
 from pathlib import Path
 
-from parity import compare, report, specs
+from parity import compare, report
 
 SUMMARY = ["eval", "train", "stats", "grads", "sgd_final", "adamw_final"]
 
 
 def very_deep(name: str) -> bool:
-    spec = specs.get(name)
-    return isinstance(spec, specs.ResNetSpec) and sum(spec.depths) > 300
+    """Nets whose Flax side runs op by op (``compare.jits``): one eager float64 gradient of
+    resnet1202 takes 30 s here (batch 2), so a 10-step trajectory (about 120 of them) would take
+    an hour. They get eval, train, stats, gradients, one SGD step and layers (the issue allows
+    structure checks there), with the usual samples."""
+    return not compare.jits(compare.Config(name))
 
 
 def config_for(name: str, args: argparse.Namespace) -> compare.Config:
-    deep = very_deep(name)
-    # 1202-layer nets: eval, train, grads and layers only (the issue allows structure checks there)
-    return compare.Config(name, batch=args.batch, size=args.size, steps=0 if deep else args.steps,
-                          device=args.device, dtype=args.dtype, precision=args.precision,
-                          samples=min(args.samples, 2) if deep else args.samples)
+    return compare.Config(name, batch=args.batch, size=args.size, steps=0 if very_deep(name) else args.steps,
+                          device=args.device, dtype=args.dtype, precision=args.precision, samples=args.samples)
 
 
 def _fmt(x: float) -> str:
@@ -104,11 +104,17 @@ def main(names: list[str], args: argparse.Namespace) -> int:
         plot_layers(name, r, out / f"{name}_layers.png")
         if not r.ok:
             tqdm.write(f"{name}: FAIL - " + "; ".join(r.failures()), file=sys.stderr)
-    settings = next(iter(results.values())).settings if results else {}
+    # settings every model shared; the rest (steps, BatchNorm statistics, jit) are listed per model
+    first = next(iter(results.values())).settings if results else {}
+    settings = {k: v for k, v in first.items() if all(r.settings.get(k) == v for r in results.values())}
+    own = {n: {k: v for k, v in r.settings.items() if k not in settings} for n, r in results.items()}
     rows = summary_rows(results)
     print(f"\nparity: device={args.device} dtype={args.dtype} precision={args.precision} "
           f"batch={args.batch} steps={args.steps} samples={args.samples}")
     print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    for n, o in own.items():
+        if o:
+            print(f"settings for {n}: " + ", ".join(f"{k}={v}" for k, v in o.items()))
     print("columns: float64 structural disagreement; then 'torch/flax' = median distance of each framework's "
           "working-dtype result to torch's float64 result. Precision: forward quantities by medians, "
           f"gradient-derived ones by a rank test over >= {compare.RANK_MIN_SAMPLES} samples "
@@ -119,14 +125,15 @@ def main(names: list[str], args: argparse.Namespace) -> int:
     env = environment()
     (out / "report.json").write_text(json.dumps({
         "environment": env, "settings": settings,
-        "results": {n: {"ok": r.ok, "failures": r.failures(), "config": r.config,
+        "results": {n: {"ok": r.ok, "failures": r.failures(), "config": r.config, "settings": own[n],
                         "verdicts": [dataclasses.asdict(v) for v in r.verdicts],
                         "first_bad_layer": r.first_bad_layer, "layers": r.layers}
                     for n, r in results.items()}}, indent=1, default=str))
     md = [f"# Parity report ({args.device}, {args.dtype}, precision {args.precision})", "",
           f"Environment: {env}", "", f"Settings: {settings}", "", report.markdown_table(rows), ""]
     for n, r in results.items():
-        md += [f"## {n}", "", report.markdown_table(detail_rows(r)), "", f"![{n} layers]({n}_layers.png)", ""]
+        md += [f"## {n}", ""] + ([f"Settings: {own[n]}", ""] if own[n] else [])
+        md += [report.markdown_table(detail_rows(r)), "", f"![{n} layers]({n}_layers.png)", ""]
     (out / "report.md").write_text("\n".join(md))
     print(f"reports: {out}/report.json, report.md, <model>_layers.png")
     return 1 if failed else 0
