@@ -19,6 +19,7 @@ SLOW = {"resnet18", "resnet50", "resnext50_32x4d", "plain56"}
 
 # plain1202 is chaotic even in float64 with calibrated statistics: weights one ulp apart move
 # torch's own train output by 0.29 of its scale (measured), so no comparison of outputs means anything.
+# Its layers are compared up to where that chaos grows (test_chaotic_plain1202_agrees_layer_by_layer).
 CHAOTIC = pytest.mark.skip(reason="plain1202 is chaotic in float64: one ulp moves torch's own train "
                            "output by 0.29 of its scale (measured)")
 
@@ -79,6 +80,31 @@ def test_calibrated_very_deep_weights():
         assert np.abs(out(w32, torch.float32, train) - y).max() / scale < 1e-5
 
 
+@pytest.mark.huge
+def test_chaotic_plain1202_agrees_layer_by_layer():
+    """plain1202's outputs cannot judge it (CHAOTIC), but its first layers can. Measured: torch's own
+    float64 one-ulp spread grows about 100x every 20 blocks (3e-16 at conv1, 2.5e-10 at layer1.39,
+    2e-2 at layer1.119) and is of order 1, all correlation gone, from layer1.140 on. So: every
+    layer is held to 1e-10 while torch's spread allows it (the first 155 of 3006 captured layers),
+    then to 3x that spread until it reaches 1e-2; past that no comparison means anything."""
+    cfg = config("plain1202", samples=1)
+    batches = compare.make_batches(cfg)
+    w64 = compare.initial_weights(cfg)
+    with compare.torch_precision("cpu", "highest"):
+        t64 = compare.run_torch(cfg, w64, batches, "fp64", "cpu")
+        spread = compare.run_torch(cfg, compare.perturbed(w64, 0), batches, "fp64", "cpu",
+                                   compare.Reduced(t64, "struct"))["layers"]
+    with compare.jax_precision("highest", True):
+        twins = compare.flax_runner(cfg, "fp64", "cpu")(w64, batches, compare.Reduced(t64, "struct"))["layers"]
+    names = [n for n in t64["layers"] if n in twins]  # Flax captures modules only (no ReLU, no Sequential)
+    assert len(names) > 3000
+    tight = next((i for i, n in enumerate(names) if 3 * spread[n] > compare.STRUCT_RTOL), len(names))
+    assert tight >= 100, f"torch's own spread passes 1e-10/3 at layer {tight} ({names[tight]})"
+    judged = [n for n in names if spread[n] < 1e-2]
+    bad = [(n, twins[n], spread[n]) for n in judged if not twins[n] <= max(compare.STRUCT_RTOL, 3 * spread[n])]
+    assert not bad, bad[:5]
+
+
 def same_conv(cout, k, stride=1, groups=1, bias=False, *, name, dtype=None, param_dtype=None):
     """The classic porting bug: Flax's 'SAME' pads a stride-2 conv (0, 1) where torch pads (1, 1)."""
     return nn.Conv(cout, (k, k), strides=(stride, stride), padding="SAME", feature_group_count=groups,
@@ -106,23 +132,26 @@ def test_planted_bn_mean_var_swap_is_caught_and_located(monkeypatch):
     assert any(v.quantity == "eval" and not v.struct_ok for v in r.verdicts)
 
 
-def test_op_by_op_flax_side_passes_a_twin_and_locates_a_bug(monkeypatch, tmp_path, capsys):
+def test_cli_check_passes_writes_reports_and_runs_very_deep_nets_op_by_op(monkeypatch, tmp_path, capsys):
     """Nets deeper than JIT_UP_TO run Flax without jax.jit (resnet1202's gradient did not compile
-    in 20 min) and without a trajectory. Forced on resnet32 here, that path must judge as the
+    in 20 min) and without a trajectory. Forced on plain20 here, that path must judge as the
     compiled one does, and the report must say per model what ran."""
     import json
 
     assert compare.jits(config("resnet152")) and not compare.jits(config("resnet1202"))
-    monkeypatch.setattr(compare, "JIT_UP_TO", 10)  # resnet20: 9 blocks, resnet32: 15
-    code = main(["check", "--models", "resnet20,resnet32", "--steps", "1", "--samples", "1", "--batch", "2",
+    monkeypatch.setattr(compare, "jits", lambda cfg: cfg.name != "plain20")
+    code = main(["check", "--models", "resnet20,plain20", "--steps", "2", "--samples", "2", "--batch", "2",
                  "--report", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "settings for resnet32: steps=0, flax execution=op by op" in out
-    own = {n: r["settings"] for n, r in json.loads((tmp_path / "report.json").read_text())["results"].items()}
-    assert own["resnet20"] == {"steps": 1, "flax execution": "jax.jit"}
+    assert "2 passed, 0 failed" in out and "jax_default_matmul_precision=highest" in out
+    assert "settings for plain20: steps=0, flax execution=op by op" in out
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["results"]["resnet20"]["ok"] and data["settings"]["tolerance"]["factor"] == 3.0
+    assert data["results"]["resnet20"]["settings"] == {"steps": 2, "flax execution": "jax.jit"}
+    assert (tmp_path / "resnet20_layers.png").stat().st_size > 1000
     _swap_mean_var(monkeypatch)
-    monkeypatch.setattr(compare, "JIT_UP_TO", -1)
+    monkeypatch.setattr(compare, "jits", lambda cfg: False)
     r = quick("resnet20", steps=0)
     assert r.settings["flax execution"].startswith("op by op")
     assert not r.ok and r.first_bad_layer == "bn1"
@@ -165,18 +194,6 @@ def test_cli_check_exits_nonzero_and_names_the_layer(monkeypatch, tmp_path, caps
     out = capsys.readouterr()
     assert "FAIL" in out.out and layer in out.out
     assert (tmp_path / "report.json").exists() and (tmp_path / "report.md").exists()
-
-
-def test_cli_check_passes_and_writes_reports(tmp_path, capsys):
-    code = main(["check", "--models", "resnet20", "--steps", "2", "--samples", "2", "--report", str(tmp_path)])
-    assert code == 0
-    out = capsys.readouterr().out
-    assert "1 passed, 0 failed" in out and "jax_default_matmul_precision=highest" in out
-    import json
-
-    data = json.loads((tmp_path / "report.json").read_text())
-    assert data["results"]["resnet20"]["ok"] and data["settings"]["tolerance"]["factor"] == 3.0
-    assert (tmp_path / "resnet20_layers.png").stat().st_size > 1000
 
 
 @pytest.mark.slow  # caught a real bug: LRN was not differentiable under jit
