@@ -13,19 +13,33 @@ from pathlib import Path
 from parity import compare, report
 
 SUMMARY = ["eval", "train", "stats", "grads", "sgd_final", "adamw_final"]
+DEFAULT_STEPS = 10
 
 
 def very_deep(name: str) -> bool:
-    """Nets whose Flax side runs op by op (``compare.jits``): one eager float64 gradient of
-    resnet1202 takes 30 s here (batch 2), so a 10-step trajectory (about 120 of them) would take
-    an hour. They get eval, train, stats, gradients, one SGD step and layers (the issue allows
-    structure checks there), with the usual samples."""
+    """Nets whose Flax side runs op by op (``compare.jits``). Each optimizer step there takes about
+    20 s for resnet1202 at batch 2, so its two 10-step trajectories (six Flax runs) took its check
+    from 5 min to 57 min. Unless ``--steps`` is given, they get eval, train, stats, gradients and
+    layers (the issue allows structure checks there), with the usual samples."""
     return not compare.jits(compare.Config(name))
 
 
+def steps_for(name: str, args: argparse.Namespace) -> int:
+    """``--steps`` when given; otherwise 10, or 0 for the nets run op by op."""
+    if args.steps is not None:
+        return args.steps
+    return 0 if very_deep(name) else DEFAULT_STEPS
+
+
 def config_for(name: str, args: argparse.Namespace) -> compare.Config:
-    return compare.Config(name, batch=args.batch, size=args.size, steps=0 if very_deep(name) else args.steps,
+    return compare.Config(name, batch=args.batch, size=args.size, steps=steps_for(name, args),
                           device=args.device, dtype=args.dtype, precision=args.precision, samples=args.samples)
+
+
+def steps_text(args: argparse.Namespace) -> str:
+    if args.steps is not None:
+        return str(args.steps)
+    return f"{DEFAULT_STEPS} (0 for nets run op by op; pass --steps to give them a trajectory)"
 
 
 def _fmt(x: float) -> str:
@@ -110,7 +124,7 @@ def main(names: list[str], args: argparse.Namespace) -> int:
     own = {n: {k: v for k, v in r.settings.items() if k not in settings} for n, r in results.items()}
     rows = summary_rows(results)
     print(f"\nparity: device={args.device} dtype={args.dtype} precision={args.precision} "
-          f"batch={args.batch} steps={args.steps} samples={args.samples}")
+          f"batch={args.batch} steps={steps_text(args)} samples={args.samples}")
     print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
     for n, o in own.items():
         if o:

@@ -81,7 +81,8 @@ def register_check(sub) -> None:
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--precision", choices=("highest", "default"), default="highest")
-    p.add_argument("--steps", type=int, default=10, help="optimizer trajectory length (default 10)")
+    p.add_argument("--steps", type=int, help="optimizer trajectory length (default 10; 0 for resnet1202 and "
+                   "plain1202, whose Flax side runs op by op: 10 steps add about 50 min there)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, help="input size (default: 32, the smallest every variant takes)")
     p.add_argument("--samples", type=int, default=5, help="working-dtype runs per framework (default 5)")

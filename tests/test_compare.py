@@ -134,21 +134,30 @@ def test_planted_bn_mean_var_swap_is_caught_and_located(monkeypatch):
 
 def test_cli_check_passes_writes_reports_and_runs_very_deep_nets_op_by_op(monkeypatch, tmp_path, capsys):
     """Nets deeper than JIT_UP_TO run Flax without jax.jit (resnet1202's gradient did not compile
-    in 20 min) and without a trajectory. Forced on plain20 here, that path must judge as the
-    compiled one does, and the report must say per model what ran."""
+    in 20 min) and, unless --steps is given, without a trajectory. Forced on plain20 here, that
+    path (trajectories included) must judge as the compiled one does, and the report must say per
+    model what ran."""
+    import argparse
     import json
+
+    from parity import checkrun
 
     assert compare.jits(config("resnet152")) and not compare.jits(config("resnet1202"))
     monkeypatch.setattr(compare, "jits", lambda cfg: cfg.name != "plain20")
+    default, given = argparse.Namespace(steps=None), argparse.Namespace(steps=2)
+    assert [checkrun.steps_for(n, a) for n in ("resnet20", "plain20") for a in (default, given)] == [10, 2, 0, 2]
     code = main(["check", "--models", "resnet20,plain20", "--steps", "2", "--samples", "2", "--batch", "2",
                  "--report", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "2 passed, 0 failed" in out and "jax_default_matmul_precision=highest" in out
-    assert "settings for plain20: steps=0, flax execution=op by op" in out
+    assert "settings for plain20: flax execution=op by op" in out
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["results"]["resnet20"]["ok"] and data["settings"]["tolerance"]["factor"] == 3.0
-    assert data["results"]["resnet20"]["settings"] == {"steps": 2, "flax execution": "jax.jit"}
+    assert data["settings"]["steps"] == 2
+    assert data["results"]["resnet20"]["settings"] == {"flax execution": "jax.jit"}
+    verdicts = {v["quantity"] for v in data["results"]["plain20"]["verdicts"]}
+    assert {"sgd_losses", "adamw_losses", "sgd_final", "adamw_final"} <= verdicts
     assert (tmp_path / "resnet20_layers.png").stat().st_size > 1000
     _swap_mean_var(monkeypatch)
     monkeypatch.setattr(compare, "jits", lambda cfg: False)
