@@ -13,7 +13,6 @@ from pathlib import Path
 from parity import compare, report
 
 SUMMARY = ["eval", "train", "stats", "grads", "sgd_final", "adamw_final"]
-DEFAULT_STEPS = 10
 
 
 def very_deep(name: str) -> bool:
@@ -25,21 +24,15 @@ def very_deep(name: str) -> bool:
 
 
 def steps_for(name: str, args: argparse.Namespace) -> int:
-    """``--steps`` when given; otherwise 10, or 0 for the nets run op by op."""
+    """``--steps`` when given; otherwise compare.Config's default (10), or 0 for the nets run op by op."""
     if args.steps is not None:
         return args.steps
-    return 0 if very_deep(name) else DEFAULT_STEPS
+    return 0 if very_deep(name) else compare.Config.steps
 
 
 def config_for(name: str, args: argparse.Namespace) -> compare.Config:
     return compare.Config(name, batch=args.batch, size=args.size, steps=steps_for(name, args),
                           device=args.device, dtype=args.dtype, precision=args.precision, samples=args.samples)
-
-
-def steps_text(args: argparse.Namespace) -> str:
-    if args.steps is not None:
-        return str(args.steps)
-    return f"{DEFAULT_STEPS} (0 for nets run op by op; pass --steps to give them a trajectory)"
 
 
 def _fmt(x: float) -> str:
@@ -124,7 +117,7 @@ def main(names: list[str], args: argparse.Namespace) -> int:
     own = {n: {k: v for k, v in r.settings.items() if k not in settings} for n, r in results.items()}
     rows = summary_rows(results)
     print(f"\nparity: device={args.device} dtype={args.dtype} precision={args.precision} "
-          f"batch={args.batch} steps={steps_text(args)} samples={args.samples}")
+          f"batch={args.batch} samples={args.samples}")
     print("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
     for n, o in own.items():
         if o:
