@@ -7,6 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxnets import layers
 from jaxnets.resnet import ResNet
 from jaxnets.vgg import VGG
 from parity import specs
@@ -16,8 +17,15 @@ __all__ = ["build", "list_models", "VGG", "ResNet"]
 list_models = specs.list_models
 
 
-def build(name: str, *, dtype: Any = None, param_dtype: Any = jnp.float32, **overrides) -> nn.Module:
-    """The Flax model ``name`` (see parity.specs); ``dtype`` is the compute dtype (e.g. bfloat16)."""
+def build(name: str, *, dtype: Any = None, param_dtype: Any = jnp.float32, conv_impl: str = "auto",
+          **overrides) -> nn.Module:
+    """The Flax model ``name`` (see parity.specs); ``dtype`` is the compute dtype (e.g. bfloat16).
+
+    ``conv_impl``: "auto" (default) computes the convolutions XLA:CPU would run in its slow
+    swapped form as one dot over kernel taps (jaxnets.layers.conv_general_dilated); "xla" uses
+    lax.conv_general_dilated everywhere. Same parameters, same math."""
+    if conv_impl not in layers.CONV_IMPLS:
+        raise ValueError(f"conv_impl: expected one of {layers.CONV_IMPLS}, got {conv_impl!r}")
     spec = specs.get(name, **overrides)
     cls = VGG if isinstance(spec, specs.VGGSpec) else ResNet
-    return cls(spec, dtype=dtype, param_dtype=param_dtype)
+    return cls(spec, dtype=dtype, param_dtype=param_dtype, conv_impl=conv_impl)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -32,13 +34,88 @@ def torch_linear_init(fan_in: int):
     return init
 
 
+CONV_IMPLS = ("auto", "xla")  # "auto": taps where XLA:CPU would swap operands; "xla": always lax's conv
+
+
+def xla_would_swap(kernel: tuple[int, ...], in_size: tuple[int, ...], out_size: tuple[int, ...]) -> bool:
+    """XLA's algebraic simplifier swaps a conv's operands when the kernel window has more elements
+    than the input's spatial area; the backward-data conv's input is the output, so both count."""
+    window = math.prod(kernel)
+    return window > 1 and window > min(math.prod(in_size), math.prod(out_size))
+
+
+def conv_taps(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Sequence[tuple[int, int]],
+              feature_group_count: int = 1, precision: Any = None) -> jax.Array:
+    """lax.conv_general_dilated for NHWC x HWIO with explicit padding, as one dot_general over the
+    kernel taps that touch the input (taps reading only padding add zeros and are left out).
+
+    The same sum of products as the convolution; its gradient is slices, pads and dots, so XLA
+    has no small-map convolution to swap (docs/benchmark.md, "The swapped convolution")."""
+    n, *spatial, cin = lhs.shape
+    *kernel, cin_g, cout = rhs.shape
+    out = [(size + lo + hi - k) // s + 1 for size, (lo, hi), k, s in zip(spatial, padding, kernel, window_strides,
+                                                                         strict=True)]
+    live = [[i for i in range(k) if any(0 <= o * s + i - lo < size for o in range(osize))]
+            for k, s, (lo, _), size, osize in zip(kernel, window_strides, padding, spatial, out, strict=True)]
+    xp = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
+    cols, taps = [], []
+    for idx in np.ndindex(*[len(t) for t in live]):
+        tap = tuple(t[i] for t, i in zip(live, idx, strict=True))
+        start = (0, *tap, 0)
+        stop = (n, *[t + (o - 1) * s + 1 for t, o, s in zip(tap, out, window_strides, strict=True)], cin)
+        cols.append(jax.lax.slice(xp, start, stop, (1, *window_strides, 1)))
+        taps.append(rhs[tap])
+    g, nt, nsp = feature_group_count, len(taps), len(spatial)
+    patches = jnp.stack(cols, axis=-2).reshape(n, *out, nt, g, cin_g)
+    weights = jnp.stack(taps).reshape(nt, cin_g, g, cout // g)
+    # contract taps and per-group input channels; the group is a batch dimension of the dot
+    t_ax, g_ax, c_ax = nsp + 1, nsp + 2, nsp + 3
+    y = jax.lax.dot_general(patches, weights, (((t_ax, c_ax), (0, 1)), ((g_ax,), (2,))), precision=precision)
+    # dot_general puts the batch (group) axis first: (g, n, *out, cout/g) -> (n, *out, g, cout/g)
+    return jnp.moveaxis(y, 0, -2).reshape(n, *out, cout)
+
+
+def _ones(dilation: Any) -> bool:
+    return dilation is None or all(d == 1 for d in dilation)
+
+
+def _channels_last(ndim: int, dimension_numbers: Any) -> bool:
+    """NHWC input, HWIO kernel (nn.Conv's layout), for any number of spatial dimensions."""
+    sp = "HWDUVXYZ"[: ndim - 2]
+    want = jax.lax.conv_dimension_numbers((1,) * ndim, (1,) * ndim, (f"N{sp}C", f"{sp}IO", f"N{sp}C"))
+    return dimension_numbers == want
+
+
+def conv_general_dilated(conv_impl: str):
+    """The convolution nn.Conv calls: conv_taps where XLA:CPU would swap operands into its slow
+    reversed-window loop (10-100x slower than this dot), lax's own conv everywhere else."""
+
+    def call(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+             dimension_numbers=None, feature_group_count=1, precision=None, **kw):
+        if conv_impl == "auto" and not kw and _channels_last(lhs.ndim, dimension_numbers) \
+                and not isinstance(padding, str) and _ones(lhs_dilation) and _ones(rhs_dilation):
+            out = [(size + lo + hi - k) // s + 1 for size, (lo, hi), k, s
+                   in zip(lhs.shape[1:-1], padding, rhs.shape[:-2], window_strides, strict=True)]
+            if xla_would_swap(rhs.shape[:-2], lhs.shape[1:-1], out):
+                return conv_taps(lhs, rhs, window_strides, padding, feature_group_count=feature_group_count,
+                                 precision=precision)
+        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                            dimension_numbers, feature_group_count, precision=precision, **kw)
+
+    return call
+
+
+_CONV = {impl: conv_general_dilated(impl) for impl in CONV_IMPLS}
+
+
 def conv(cout: int, k: int, stride: int = 1, groups: int = 1, bias: bool = False, *,
-         name: str, dtype: Dtype = None, param_dtype: Dtype = jnp.float32) -> nn.Conv:
+         name: str, dtype: Dtype = None, param_dtype: Dtype = jnp.float32, conv_impl: str = "auto") -> nn.Conv:
     """A k x k conv padded k // 2 on every side: 'SAME' would pad stride-2 convs (0, 1) unlike torch."""
     p = k // 2
     return nn.Conv(cout, (k, k), strides=(stride, stride), padding=((p, p), (p, p)),
                    feature_group_count=groups, use_bias=bias, kernel_init=kaiming_fan_out,
-                   bias_init=nn.initializers.zeros, dtype=dtype, param_dtype=param_dtype, name=name)
+                   bias_init=nn.initializers.zeros, dtype=dtype, param_dtype=param_dtype,
+                   conv_general_dilated=_CONV[conv_impl], name=name)
 
 
 class BatchNorm(nn.Module):
@@ -92,14 +169,56 @@ def local_response_norm(x: jax.Array) -> jax.Array:
     return x / (LRN["k"] + LRN["alpha"] / size * window) ** LRN["beta"]
 
 
+def _pool_windows(x: jax.Array, k: int, stride: int, pad: int) -> list[jax.Array]:
+    """The k*k strided views of x padded with -inf, row-major over the window (torch's scan order)."""
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
+    n, h, w, c = xp.shape
+    ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
+    return [jax.lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
+                          (1, stride, stride, 1)) for i in range(k) for j in range(k)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool(x: jax.Array, k: int, stride: int, pad: int) -> jax.Array:
+    """torch's MaxPool2d (NHWC, floor mode, -inf padding) as a max over strided views. Its gradient
+    goes to the first maximum of each window in row-major order, as torch's does; it is written out
+    because XLA:CPU runs reduce_window's gradient 25x slower than the forward (docs/benchmark.md)."""
+    return functools.reduce(jnp.maximum, _pool_windows(x, k, stride, pad))
+
+
+def _max_pool_fwd(x: jax.Array, k: int, stride: int, pad: int) -> tuple[jax.Array, jax.Array]:
+    return max_pool(x, k, stride, pad), x
+
+
+def _max_pool_bwd(k: int, stride: int, pad: int, x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    windows = _pool_windows(x, k, stride, pad)
+    y = functools.reduce(jnp.maximum, windows)
+    h, w = x.shape[1] + 2 * pad, x.shape[2] + 2 * pad
+    ho, wo = y.shape[1], y.shape[2]
+    taken = jnp.zeros(y.shape, bool)
+    dxp = jnp.zeros((x.shape[0], h, w, x.shape[3]), g.dtype)
+    for idx, win in enumerate(windows):
+        i, j = divmod(idx, k)
+        hit = (win == y) & ~taken
+        taken = taken | hit
+        # the transpose of a strided slice: interior padding stride-1, then to the padded frame
+        dxp = dxp + jax.lax.pad(jnp.where(hit, g, 0).astype(g.dtype), jnp.zeros((), g.dtype),
+                                ((0, 0, 0), (i, h - i - (ho - 1) * stride - 1, stride - 1),
+                                 (j, w - j - (wo - 1) * stride - 1, stride - 1), (0, 0, 0)))
+    return (dxp[:, pad:h - pad, pad:w - pad, :],)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
 def max_pool_3x3(x: jax.Array) -> jax.Array:
     """The ResNet stem pool, 3x3/2 padded 1 with -inf as torch does (not 'SAME')."""
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return max_pool(x, 3, 2, 1)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """VGG's pool: floor mode, as torch's default."""
-    return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    return max_pool(x, 2, 2, 0)
 
 
 def _adaptive_matrix(n_in: int, n_out: int) -> np.ndarray:

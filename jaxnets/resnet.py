@@ -18,18 +18,19 @@ class Downsample(nn.Module):
     b: specs.Block
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = layers.conv(self.b.out_ch, 1, self.b.stride, name="0", **kw)(x)
+        x = layers.conv(self.b.out_ch, 1, self.b.stride, name="0", conv_impl=self.conv_impl, **kw)(x)
         return layers.BatchNorm(name="1", **kw)(x, train)
 
 
 def shortcut(block: nn.Module, x: jax.Array, train: bool) -> jax.Array:
     b = block.b
     if b.shortcut == "proj":
-        return Downsample(b, block.dtype, block.param_dtype, name="downsample")(x, train)
+        return Downsample(b, block.dtype, block.param_dtype, block.conv_impl, name="downsample")(x, train)
     if b.shortcut == "A":
         return layers.shortcut_a(x, b.out_ch, b.stride)
     return x
@@ -44,13 +45,15 @@ class BasicBlock(nn.Module):
     spec: specs.ResNetSpec
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         b, kw = self.b, dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        out = layers.conv(b.width, 3, b.stride, name="conv1", **kw)(x)
+        ck = dict(kw, conv_impl=self.conv_impl)
+        out = layers.conv(b.width, 3, b.stride, name="conv1", **ck)(x)
         out = nn.relu(layers.BatchNorm(name="bn1", **kw)(out, train))
-        out = layers.conv(b.out_ch, 3, name="conv2", **kw)(out)
+        out = layers.conv(b.out_ch, 3, name="conv2", **ck)(out)
         out = layers.BatchNorm(scale_init=_last_bn_init(self.spec), name="bn2", **kw)(out, train)
         if b.shortcut != "none":
             out = out + shortcut(self, x, train)
@@ -62,16 +65,18 @@ class Bottleneck(nn.Module):
     spec: specs.ResNetSpec
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         b, kw = self.b, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        ck = dict(kw, conv_impl=self.conv_impl)
         s1, s3 = (b.stride, 1) if self.spec.stride_on == "1x1" else (1, b.stride)
-        out = layers.conv(b.width, 1, s1, name="conv1", **kw)(x)
+        out = layers.conv(b.width, 1, s1, name="conv1", **ck)(x)
         out = nn.relu(layers.BatchNorm(name="bn1", **kw)(out, train))
-        out = layers.conv(b.width, 3, s3, groups=self.spec.groups, name="conv2", **kw)(out)
+        out = layers.conv(b.width, 3, s3, groups=self.spec.groups, name="conv2", **ck)(out)
         out = nn.relu(layers.BatchNorm(name="bn2", **kw)(out, train))
-        out = layers.conv(b.out_ch, 1, name="conv3", **kw)(out)
+        out = layers.conv(b.out_ch, 1, name="conv3", **ck)(out)
         out = layers.BatchNorm(scale_init=_last_bn_init(self.spec), name="bn3", **kw)(out, train)
         if b.shortcut != "none":
             out = out + shortcut(self, x, train)
@@ -85,12 +90,13 @@ class Stage(nn.Module):
     spec: specs.ResNetSpec
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         block = Bottleneck if self.spec.block == "bottleneck" else BasicBlock
         for i, b in enumerate(self.blocks):
-            x = block(b, self.spec, self.dtype, self.param_dtype, name=str(i))(x, train)
+            x = block(b, self.spec, self.dtype, self.param_dtype, self.conv_impl, name=str(i))(x, train)
         return x
 
 
@@ -98,18 +104,19 @@ class ResNet(nn.Module):
     spec: specs.ResNetSpec
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         spec, kw = self.spec, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         layers.check_input(self, spec, x)
         k, stride = (3, 1) if spec.cifar else (7, 2)
-        x = layers.conv(spec.stem_width, k, stride, name="conv1", **kw)(x)
+        x = layers.conv(spec.stem_width, k, stride, name="conv1", conv_impl=self.conv_impl, **kw)(x)
         x = nn.relu(layers.BatchNorm(name="bn1", **kw)(x, train))
         if not spec.cifar:
             x = layers.max_pool_3x3(x)
         for i, blocks in enumerate(spec.stages(), start=1):
-            x = Stage(tuple(blocks), spec, name=f"layer{i}", **kw)(x, train)
+            x = Stage(tuple(blocks), spec, conv_impl=self.conv_impl, name=f"layer{i}", **kw)(x, train)
         x = x.mean(axis=(1, 2))
         init = layers.torch_linear_init(x.shape[-1])  # torch's default Linear init, as torchvision
         return nn.Dense(spec.num_classes, kernel_init=init, bias_init=init, name="fc", **kw)(x)

@@ -18,13 +18,14 @@ class Features(nn.Module):
     spec: specs.VGGSpec
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         for i, layer in enumerate(self.spec.features()):
             if layer.kind == "conv":
-                x = layers.conv(layer.out, layer.kernel, bias=True, name=str(i), **kw)(x)
+                x = layers.conv(layer.out, layer.kernel, bias=True, name=str(i), conv_impl=self.conv_impl, **kw)(x)
             elif layer.kind == "bn":
                 x = layers.BatchNorm(name=str(i), **kw)(x, train)
             elif layer.kind == "relu":
@@ -61,12 +62,13 @@ class VGG(nn.Module):
     spec: specs.VGGSpec
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         layers.check_input(self, self.spec, x)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = Features(self.spec, name="features", **kw)(x, train)
+        x = Features(self.spec, conv_impl=self.conv_impl, name="features", **kw)(x, train)
         x = layers.adaptive_avg_pool(x, self.spec.POOL_OUT)
         # Flattens H, W, C (torch: C, H, W); the converter permutes classifier.0's rows.
         x = x.reshape(x.shape[0], -1)

@@ -13,18 +13,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from parity import flops, specs
+from parity import flops, profiling, specs
 
-FRAMEWORKS = ("jax", "torch-compile", "torch-eager")
+# jax: the Flax twin as built by default; jax-xla: the same twin with lax's convolution everywhere
+# (jaxnets.build(conv_impl="xla")), to show what XLA:CPU's swapped convolutions cost.
+FRAMEWORKS = ("jax", "jax-xla", "torch-compile", "torch-eager")
 
 # Dense peaks (FLOP/s) per device and dtype, from the vendors' datasheets (FACTS.md). fp32 on
 # Hopper counts TF32 when the run allows it (JAX's default precision, torch's cuDNN default).
@@ -33,6 +37,12 @@ GPU_PEAKS = {
     "H200": {"bf16": 989e12, "fp32": 67e12, "tf32": 495e12},
     "A100": {"bf16": 312e12, "fp32": 19.5e12, "tf32": 156e12},
 }
+
+
+# Added to XLA_FLAGS for JAX on CPU unless --xla-cpu-flags stock (printed in every report): XLA's own
+# convolution kernels instead of YNNPACK's, 2-8x faster per convolution here; a choice of kernel
+# library, not of numerics (no fast math, no reduced precision). docs/benchmark.md, "XLA flags".
+TUNED_CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
 
 
 @dataclass
@@ -50,6 +60,8 @@ class Job:
     seed: int = 0
     lr: float = 0.01
     threads: int = 0  # 0: every core
+    profile: bool = False  # after timing, profile one more step (parity.profiling)
+    xla_cpu_flags: str = "tuned"  # "tuned": add TUNED_CPU_XLA_FLAGS for JAX on CPU; "stock": XLA_FLAGS as given
 
 
 @dataclass
@@ -60,6 +72,7 @@ class Measurement:
     times_s: list[float]
     peak_mem_bytes: int
     settings: dict = field(default_factory=dict)
+    profile: list[dict] = field(default_factory=list)  # parity.profiling.Op records, when asked
 
     @property
     def median(self) -> float:
@@ -93,36 +106,52 @@ def _inputs(job: Job) -> tuple[Any, np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- JAX
 
 
-def _run_jax(job: Job) -> Measurement:
+def jax_steps(model: Any, x: Any, y: Any, lr: float) -> tuple[Any, Callable, Callable]:
+    """(optax optimizer, train step (params, stats, opt_state) -> (.., loss), inference (params, stats)
+    -> logits): the bench's pure JAX functions on a fixed batch, to be jitted."""
     import jax
     import jax.numpy as jnp
     import optax
 
-    import jaxnets
-    from parity import convert
-
-    sd, x_np, y_np = _inputs(job)
-    dev = jax.devices("gpu" if job.device == "gpu" else "cpu")[0]
-    model = jaxnets.build(job.model, dtype=jnp.bfloat16 if job.dtype == "bf16" else None, **overrides(job.model))
-    variables = jax.device_put(convert.torch_to_flax(sd, job.model, **overrides(job.model)), dev)
-    params, stats = variables["params"], variables.get("batch_stats", {})
-    x = jax.device_put(jnp.asarray(x_np.transpose(0, 2, 3, 1)), dev)
-    if job.dtype == "bf16":
-        x = x.astype(jnp.bfloat16)  # the batch lives on the device in the compute dtype
-    y = jax.device_put(jnp.asarray(y_np), dev)
-    tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(job.lr, momentum=0.9))
+    tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(lr, momentum=0.9))
 
     def loss_fn(p, s):
         logits, upd = model.apply({"params": p, "batch_stats": s}, x, train=True, mutable=["batch_stats"])
         loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y).mean()
         return loss, upd.get("batch_stats", {})
 
-    if job.mode == "train":
-        def step(p, s, o):
-            (loss, s), g = jax.value_and_grad(loss_fn, has_aux=True)(p, s)
-            updates, o = tx.update(g, o, p)
-            return optax.apply_updates(p, updates), s, o, loss
+    def step(p, s, o):
+        (loss, s), g = jax.value_and_grad(loss_fn, has_aux=True)(p, s)
+        updates, o = tx.update(g, o, p)
+        return optax.apply_updates(p, updates), s, o, loss
 
+    def infer(p, s):
+        return model.apply({"params": p, "batch_stats": s}, x, train=False)
+
+    return tx, step, infer
+
+
+def _run_jax(job: Job) -> Measurement:
+    import jax
+    import jax.numpy as jnp
+
+    import jaxnets
+    from parity import convert
+
+    sd, x_np, y_np = _inputs(job)
+    dev = jax.devices("gpu" if job.device == "gpu" else "cpu")[0]
+    conv_impl = "xla" if job.framework == "jax-xla" else "auto"
+    model = jaxnets.build(job.model, dtype=jnp.bfloat16 if job.dtype == "bf16" else None, conv_impl=conv_impl,
+                          **overrides(job.model))
+    variables = jax.device_put(convert.torch_to_flax(sd, job.model, **overrides(job.model)), dev)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    x = jax.device_put(jnp.asarray(x_np.transpose(0, 2, 3, 1)), dev)
+    if job.dtype == "bf16":
+        x = x.astype(jnp.bfloat16)  # the batch lives on the device in the compute dtype
+    y = jax.device_put(jnp.asarray(y_np), dev)
+    tx, step, infer = jax_steps(model, x, y, job.lr)
+
+    if job.mode == "train":
         # donated: params, statistics and optimizer state are updated in place
         step = jax.jit(step, donate_argnums=(0, 1, 2))
         state = [params, stats, tx.init(params)]
@@ -130,19 +159,28 @@ def _run_jax(job: Job) -> Measurement:
         def call():
             state[0], state[1], state[2], loss = step(*state)
             return loss
+
+        def hlo():
+            return step.lower(*state).compile().as_text()
     else:
-        infer = jax.jit(lambda p, s: model.apply({"params": p, "batch_stats": s}, x, train=False))
+        infer = jax.jit(infer)
 
         def call():
             return infer(params, stats)
 
+        def hlo():
+            return infer.lower(params, stats).compile().as_text()
+
     def sync(out):
         jax.block_until_ready(out)
 
-    settings = {"jax": jax.__version__, "jit": True, "donate_argnums": "params, batch_stats, opt_state",
+    settings = {"jax": jax.__version__, "jit": True, "conv_impl": conv_impl,
+                "donate_argnums": "params, batch_stats, opt_state",
                 "layout": "NHWC", "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
                 "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""), "device": str(dev)}
     m = _time(job, call, sync, lambda out: np.asarray(jax.device_get(out), np.float32), y_np, settings)
+    if job.profile:
+        m.profile = profiling.as_dicts(profiling.jax_ops(call, hlo()))
     if job.device == "gpu":
         m.peak_mem_bytes = int((dev.memory_stats() or {}).get("peak_bytes_in_use", 0))
     return m
@@ -205,6 +243,8 @@ def _run_torch(job: Job) -> Measurement:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     m = _time(job, call, sync, lambda out: out.detach().float().cpu().numpy(), y_np, settings)
+    if job.profile:
+        m.profile = profiling.as_dicts(profiling.torch_ops(call, sync))
     if dev.type == "cuda":
         m.peak_mem_bytes = int(torch.cuda.max_memory_allocated())
     return m
@@ -245,14 +285,36 @@ def worker(job_json: str) -> None:
         import torch
 
         torch.set_num_threads(job.threads)
-    m = _run_jax(job) if job.framework == "jax" else _run_torch(job)
+    m = _run_jax(job) if job.framework.startswith("jax") else _run_torch(job)
     print("RESULT " + json.dumps(asdict(m)))
 
 
+def worker_env(job: Job) -> dict[str, str]:
+    """The worker's environment: this one, plus the tuned XLA flags for a JAX job on CPU (a flag the
+    user already set in XLA_FLAGS is left as the user set it)."""
+    env = dict(os.environ)
+    if job.framework.startswith("jax") and job.device == "cpu" and job.xla_cpu_flags == "tuned":
+        have = env.get("XLA_FLAGS", "")
+        add = [f for f in TUNED_CPU_XLA_FLAGS if f.split("=")[0] not in have]
+        env["XLA_FLAGS"] = " ".join([have, *add]).strip()
+    return env
+
+
+def tuned_flags_supported(timeout: float = 120) -> bool:
+    """Whether this jaxlib accepts TUNED_CPU_XLA_FLAGS (XLA aborts on a flag it does not know)."""
+    env = worker_env(Job("resnet18", "jax"))
+    proc = subprocess.run([sys.executable, "-c", "import jax; jax.numpy.zeros(1).block_until_ready()"],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    return proc.returncode == 0
+
+
 def run_job(job: Job, timeout: float = 1800) -> Measurement:
-    """One measurement in a fresh interpreter."""
-    proc = subprocess.run([sys.executable, "-m", "parity.bench", json.dumps(asdict(job))],
-                          capture_output=True, text=True, timeout=timeout)
+    """One measurement in a fresh interpreter; RuntimeError if it fails or runs past ``timeout`` s."""
+    try:
+        proc = subprocess.run([sys.executable, "-m", "parity.bench", json.dumps(asdict(job))], env=worker_env(job),
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        raise RuntimeError(f"{job.framework} {job.model} ran past its {timeout:.0f} s limit") from e
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{job.framework} {job.model} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -263,7 +325,7 @@ def run_job(job: Job, timeout: float = 1800) -> Measurement:
 
 
 def cpu_peak_probe(dtype: str = "fp32", n: int = 2048, repeats: int = 5) -> float:
-    """Measured matmul FLOP/s of this CPU (torch, every core): the MFU denominator on CPU."""
+    """Measured matmul FLOP/s of this CPU (torch, every core): the "achievable" denominator."""
     import torch
 
     dt = torch.bfloat16 if dtype == "bf16" else torch.float32
@@ -277,18 +339,51 @@ def cpu_peak_probe(dtype: str = "fp32", n: int = 2048, repeats: int = 5) -> floa
     return 2 * n**3 / best
 
 
-def gpu_peak(dtype: str, tf32: bool) -> tuple[float, str]:
+@dataclass(frozen=True)
+class Peak:
+    flops: float  # FLOP/s; nan when unknown
+    source: str  # how it was obtained, printed beside every MFU figure
+
+
+def cpu_nominal_peak(cpuinfo: str | None = None, cores: int | None = None) -> Peak:
+    """cores x fp32 FLOP/cycle x clock, from /proc/cpuinfo: AVX-512 64 FLOP/cycle (2 FMA units of 16
+    lanes, 2 FLOPs each), AVX2+FMA 32, else SSE 8. The clock is the one cpuinfo reports (often the
+    base clock: a core boosting above it can exceed this peak)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = open("/proc/cpuinfo").read()
+        except OSError:
+            return Peak(float("nan"), "nominal unknown (no /proc/cpuinfo)")
+    cores = cores or len(os.sched_getaffinity(0))
+    flags = set(re.search(r"^flags\s*:(.*)$", cpuinfo, re.M).group(1).split()) if "flags" in cpuinfo else set()
+    mhz = [float(v) for v in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", cpuinfo, re.M)]
+    model = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.M)
+    if not mhz:
+        return Peak(float("nan"), "nominal unknown (no clock in /proc/cpuinfo)")
+    isa, per_cycle = (("AVX-512", 64) if "avx512f" in flags else ("AVX2+FMA", 32) if {"avx2", "fma"} <= flags
+                      else ("SSE", 8))
+    ghz = max(mhz) / 1e3
+    name = model.group(1).strip() if model else "CPU"
+    return Peak(cores * per_cycle * ghz * 1e9,
+                f"nominal: {name}, {cores} cores x {per_cycle} fp32 FLOP/cycle ({isa}, 2 FMA units assumed) "
+                f"x {ghz:.2f} GHz (/proc/cpuinfo)")
+
+
+def gpu_peak(dtype: str, tf32: bool) -> Peak:
+    """The datasheet's dense peak of GPU 0 for this dtype."""
     import torch
 
     name = torch.cuda.get_device_name(0)
     for key, peaks in GPU_PEAKS.items():
         if key in name:
             kind = "bf16" if dtype == "bf16" else ("tf32" if tf32 else "fp32")
-            return peaks[kind], f"{key} {kind} datasheet"
-    return float("nan"), f"unknown GPU {name}"
+            return Peak(peaks[kind], f"{key} {kind} datasheet")
+    return Peak(float("nan"), f"unknown GPU {name}: no datasheet peak")
 
 
-def derived(m: Measurement, peak: float) -> dict:
+def derived(m: Measurement, peak: float, achievable: float = float("nan")) -> dict:
+    """Times, images/s and FLOP rates of one measurement. ``mfu`` divides by ``peak`` (nominal or
+    datasheet), ``of_achievable`` by a measured matmul rate; either may exceed 1, see over_peak."""
     job = Job(**m.job)
     spec = specs.get(job.model)
     per_image = flops.train_flops(spec, job.size) if job.mode == "train" else flops.infer_flops(spec, job.size)
@@ -299,7 +394,17 @@ def derived(m: Measurement, peak: float) -> dict:
             "size": job.size, "dtype": job.dtype, "compile_s": m.compile_s, "median_ms": 1e3 * m.median,
             "p10_ms": 1e3 * float(np.percentile(t, 10)), "p90_ms": 1e3 * float(np.percentile(t, 90)),
             "images_per_s": ips, "tflops": achieved / 1e12, "mfu": achieved / peak if peak else float("nan"),
+            "of_achievable": achieved / achievable if achievable else float("nan"),
             "peak_mem_mib": m.peak_mem_bytes / 2**20, "first_loss": m.first_loss}
+
+
+def over_peak(row: dict, peak: Peak) -> str | None:
+    """Why a figure above 100% of the nominal peak can appear, or None when it does not."""
+    if not row["mfu"] > 1:
+        return None
+    return (f"{row['model']} {row['framework']}: {100 * row['mfu']:.0f}% of the nominal peak. The FLOP count is "
+            f"exact for convolutions and linear layers, so the clock is the likely cause: {peak.source}; a core "
+            "boosting above that clock runs faster than this peak assumes.")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import sys
 from itertools import product
 from pathlib import Path
 
-from parity import bench, compare, report
+from parity import bench, compare, profiling, report
 
 
 def loss_tolerance(device: str, dtype: str) -> float:
@@ -72,6 +72,23 @@ def _plot(rows: list[dict], out: Path, sweep: bool) -> list[str]:
     return files
 
 
+def _pct(v: float, over: float | None = None) -> str:
+    """A percentage; '*' marks one above ``over`` (explained under the table)."""
+    if math.isnan(v):
+        return "-"
+    return f"{100 * v:.1f}%" + ("*" if over is not None and v > over else "")
+
+
+def profile_lines(profiles: list[tuple[str, list[profiling.Op]]]) -> list[str]:
+    """Each profiled run's slowest operations, and a warning for any that dominates its step."""
+    lines = []
+    for label, ops in profiles:
+        lines += [f"where the time goes, {label} (share of one profiled step):", *["  " + op.line() for op in ops]]
+    for label, ops in profiles:
+        lines += profiling.warnings(label, ops)
+    return lines
+
+
 def main(models: list[str], args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -82,11 +99,21 @@ def main(models: list[str], args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.device == "cpu":
-        peak, peak_src = bench.cpu_peak_probe(args.dtype), f"measured: 2048^3 {args.dtype} torch matmul"
+        peak = bench.cpu_nominal_peak()
+        achievable = bench.Peak(bench.cpu_peak_probe(args.dtype), f"measured: 2048^3 {args.dtype} torch matmul")
     else:
-        peak, peak_src = bench.gpu_peak(args.dtype, tf32=True)
+        peak, achievable = bench.gpu_peak(args.dtype, tf32=True), bench.Peak(float("nan"), "not measured on GPU")
+    flags = args.xla_cpu_flags
+    if flags == "tuned" and args.device == "cpu" and any(f.startswith("jax") for f in frameworks) \
+            and not bench.tuned_flags_supported():
+        print(f"note: this jaxlib rejects {' '.join(bench.TUNED_CPU_XLA_FLAGS)}; JAX runs with XLA_FLAGS as given")
+        flags = "stock"
+    if args.device == "cpu" and flags == "tuned":
+        print(f"the bench adds to XLA_FLAGS for JAX on CPU: {' '.join(bench.TUNED_CPU_XLA_FLAGS)} "
+              "(XLA's convolution kernels instead of YNNPACK's; --xla-cpu-flags stock to leave XLA_FLAGS as given)")
     groups = list(product(models, args.batch, args.image_size))
     rows, notes, refused = [], [], []
+    profiles: list[tuple[str, list[profiling.Op]]] = []
     settings: dict = {}
     bar = tqdm(total=len(groups) * len(frameworks), desc="bench", unit="run", file=sys.stderr)
     for model, batch, size in groups:
@@ -94,7 +121,7 @@ def main(models: list[str], args: argparse.Namespace) -> int:
         for fw in frameworks:
             bar.set_postfix_str(f"{model} b{batch} {size}px {fw}")
             job = bench.Job(model, fw, args.mode, batch, size, args.dtype, args.device, args.steps, args.warmup,
-                            args.compile_mode)
+                            args.compile_mode, profile=args.profile, xla_cpu_flags=flags)
             try:
                 ms[fw] = bench.run_job(job)
                 settings[fw] = ms[fw].settings
@@ -111,36 +138,53 @@ def main(models: list[str], args: argparse.Namespace) -> int:
             refused.append(model)
             tqdm.write(f"REFUSED {model}: the frameworks did not do the same work ({text})", file=sys.stderr)
             continue
-        group = [bench.derived(m, peak) for m in ms.values()]
+        for fw, m in ms.items():
+            if m.profile:
+                profiles.append((f"{model} b{batch} {size}px {fw}",
+                                 [profiling.Op(**op) for op in m.profile]))
+        group = [bench.derived(m, peak.flops, achievable.flops) for m in ms.values()]
         ref = next((r for r in group if r["framework"] == "torch-compile"), None)
         for r in group:
             r["vs_torch_compile"] = r["images_per_s"] / ref["images_per_s"] if ref else float("nan")
         rows += group
     bar.close()
     env = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-           "peak_flops": peak, "peak_source": peak_src, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+           "peak_flops": peak.flops, "peak_source": peak.source,
+           "achievable_flops": achievable.flops, "achievable_source": achievable.source,
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
            "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
     head = ["model", "batch", "size", "framework", "compile s", "median ms", "p10-p90 ms", "img/s",
-            "TFLOP/s", "MFU", "peak MiB", "vs torch-compile"]
+            "TFLOP/s", "MFU", "of matmul", "peak MiB", "vs torch-compile"]
     table = [head] + [[r["model"], str(r["batch"]), str(r["size"]), r["framework"], f"{r['compile_s']:.1f}",
                        f"{r['median_ms']:.1f}", f"{r['p10_ms']:.1f}-{r['p90_ms']:.1f}",
                        f"{r['images_per_s']:.1f}", f"{r['tflops']:.3f}",
-                       "-" if math.isnan(r["mfu"]) else f"{100 * r['mfu']:.1f}%", f"{r['peak_mem_mib']:.0f}",
+                       _pct(r["mfu"], over=1), _pct(r["of_achievable"]), f"{r['peak_mem_mib']:.0f}",
                        f"{r['vs_torch_compile']:.2f}x"] for r in rows]
     print(f"\nbench: mode={args.mode} dtype={args.dtype} device={args.device} steps={args.steps} "
-          f"warmup={args.warmup} peak={peak / 1e9:.1f} GFLOP/s ({peak_src})")
+          f"warmup={args.warmup}\nMFU = achieved FLOP/s / {peak.flops / 1e9:.1f} GFLOP/s ({peak.source})\n"
+          f"of matmul = achieved FLOP/s / {achievable.flops / 1e9:.1f} GFLOP/s, achievable ({achievable.source})")
     for fw, s in settings.items():
         print(f"settings {fw}: " + ", ".join(f"{k}={v}" for k, v in s.items()))
     print("same work: " + "\n           ".join(notes) + "\n")
     if len(table) > 1:
-        print(report.text_table(table, right=tuple(range(4, 12))))
+        print(report.text_table(table, right=tuple(range(4, 13))))
+    over = [n for n in (bench.over_peak(r, peak) for r in rows) if n]
+    for note in over:
+        print("* " + note)
+    prof_lines = profile_lines(profiles)
+    if prof_lines:
+        print("\n" + "\n".join(prof_lines))
     files = _plot(rows, out, len(args.batch) > 1) if rows else []
     (out / "bench.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "run"},
                                                 "environment": env, "settings": settings, "same_work": notes,
-                                                "refused": refused, "results": rows}, indent=1, default=str))
+                                                "refused": refused, "results": rows,
+                                                "profiles": {k: profiling.as_dicts(v) for k, v in profiles}},
+                                               indent=1, default=str))
     md = [f"# Benchmark ({args.mode}, {args.dtype}, {args.device})", "", f"Environment: {env}", "",
           *[f"- {fw}: {s}" for fw, s in settings.items()], "", *[f"- {n}" for n in notes], "",
-          report.markdown_table(table), "", *[f"![{f}]({f})" for f in files]]
+          report.markdown_table(table), "", *[f"* {n}" for n in over], "",
+          *(["```", *prof_lines, "```", ""] if prof_lines else []),
+          *[f"![{f}]({f})" for f in files]]
     (out / "bench.md").write_text("\n".join(md))
     print(f"\nreports: {out}/bench.json, bench.md, " + ", ".join(files))
     return 1 if refused else 0
@@ -158,6 +202,10 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after the compiling call")
     p.add_argument("--frameworks", default=",".join(bench.FRAMEWORKS))
     p.add_argument("--compile-mode", choices=("default", "max-autotune"), default="default")
+    p.add_argument("--xla-cpu-flags", choices=("tuned", "stock"), default="tuned",
+                   help="tuned (default): JAX on CPU gets the bench's XLA flags (printed); stock: XLA_FLAGS as given")
+    p.add_argument("--profile", action="store_true",
+                   help="after timing, profile one step per framework and print its slowest operations")
     p.add_argument("--out", type=Path, default=Path("reports/bench"))
     p.set_defaults(run=run)
 

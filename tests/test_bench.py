@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 
@@ -23,12 +24,53 @@ def test_same_work_accepts_agreeing_losses_and_refuses_others():
 
 def test_derived_numbers():
     m = measurement("jax", 2.3, times=[0.1, 0.2, 0.3])
-    d = bench.derived(m, peak=1e12)
+    d = bench.derived(m, peak=3e11, achievable=2e11)
     assert d["median_ms"] == pytest.approx(200) and d["images_per_s"] == pytest.approx(40)
-    per_image = 6 * flops.count(specs.get("resnet20"), 32).macs
+    spec = specs.get("resnet20")
+    per_image = 6 * flops.count(spec, 32).macs - 2 * flops.first_conv_macs(spec, 32)
     assert d["tflops"] == pytest.approx(per_image * 40 / 1e12)
-    assert d["mfu"] == pytest.approx(per_image * 40 / 1e12)
+    assert d["mfu"] == pytest.approx(per_image * 40 / 3e11)  # MFU divides by the peak, not by 1e12
+    assert d["of_achievable"] == pytest.approx(per_image * 40 / 2e11)
     assert d["p10_ms"] < d["median_ms"] < d["p90_ms"]
+    infer = bench.derived(measurement("jax", 2.3, times=[0.1, 0.2, 0.3], mode="infer"), peak=3e11)
+    assert infer["tflops"] == pytest.approx(2 * flops.count(spec, 32).macs * 40 / 1e12)
+
+
+def test_above_the_nominal_peak_is_explained():
+    peak = bench.Peak(1e11, "nominal: test CPU")
+    assert bench.over_peak({"mfu": 0.99, "model": "m", "framework": "f"}, peak) is None
+    note = bench.over_peak({"mfu": 1.05, "model": "resnet18", "framework": "torch-eager"}, peak)
+    assert "105% of the nominal peak" in note and "nominal: test CPU" in note
+
+
+def test_nominal_cpu_peak_from_cpuinfo():
+    info = "model name\t: Test EPYC\nflags\t\t: fpu sse avx avx2 fma\ncpu MHz\t\t: 2500.000\n"
+    p = bench.cpu_nominal_peak(info, cores=2)
+    assert p.flops == pytest.approx(2 * 32 * 2.5e9) and "AVX2+FMA" in p.source and "2.50 GHz" in p.source
+    p = bench.cpu_nominal_peak(info.replace("avx2", "avx2 avx512f"), cores=4)
+    assert p.flops == pytest.approx(4 * 64 * 2.5e9)
+    assert math.isnan(bench.cpu_nominal_peak("model name: x\n", cores=2).flops)  # no clock: unknown, not guessed
+
+
+def test_same_work_tolerance_is_the_parity_floor():
+    """Bracketed tightly: a gap just under the tolerance passes, just over it is refused."""
+    tol = benchrun.loss_tolerance("cpu", "fp32")
+    ref = 2.0
+    for gap, ok in ((0.9 * tol, True), (1.1 * tol, False)):
+        got, _ = benchrun.same_work({"jax": measurement("jax", ref),
+                                     "torch-eager": measurement("torch-eager", ref * (1 + gap))}, "cpu", "fp32")
+        assert got is ok, gap
+
+
+def test_tuned_xla_flags_only_for_jax_on_cpu(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+    env = bench.worker_env(bench.Job("resnet18", "jax"))
+    assert env["XLA_FLAGS"].split() == ["--xla_dump_to=/tmp/x", *bench.TUNED_CPU_XLA_FLAGS]
+    assert bench.worker_env(bench.Job("resnet18", "jax", xla_cpu_flags="stock"))["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
+    assert bench.worker_env(bench.Job("resnet18", "torch-eager"))["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
+    # a user's own setting of the same flag wins
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
+    assert bench.worker_env(bench.Job("resnet18", "jax"))["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="
 
 
 @pytest.mark.slow  # two frameworks x two batch sizes, each in a fresh process

@@ -105,7 +105,7 @@ def test_chaotic_plain1202_agrees_layer_by_layer():
     assert not bad, bad[:5]
 
 
-def same_conv(cout, k, stride=1, groups=1, bias=False, *, name, dtype=None, param_dtype=None):
+def same_conv(cout, k, stride=1, groups=1, bias=False, *, name, dtype=None, param_dtype=None, conv_impl="auto"):
     """The classic porting bug: Flax's 'SAME' pads a stride-2 conv (0, 1) where torch pads (1, 1)."""
     return nn.Conv(cout, (k, k), strides=(stride, stride), padding="SAME", feature_group_count=groups,
                    use_bias=bias, dtype=dtype, param_dtype=param_dtype or jnp.float32, name=name)

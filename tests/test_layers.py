@@ -46,6 +46,23 @@ def test_stem_max_pool_matches_torch(x64, h):
     np.testing.assert_array_equal(np.asarray(jl.max_pool_3x3(jnp.asarray(x))), want)
 
 
+@pytest.mark.parametrize("pool,k,stride,pad", [("max_pool_3x3", 3, 2, 1), ("max_pool_2x2", 2, 2, 0)])
+@pytest.mark.parametrize("h,w", [(7, 7), (8, 9), (13, 16)])
+def test_max_pool_gradient_goes_where_torch_sends_it(x64, pool, k, stride, pad, h, w):
+    """Ties included (values drawn from 4 integers, half of them ReLU zeros): each window's gradient
+    goes to its first maximum in row-major order, as torch's max_pool2d backward does."""
+    rng = np.random.default_rng(h * w)
+    x = np.maximum(rng.integers(-3, 4, (2, h, w, 3)), 0).astype(np.float64)
+    tx = nchw(x).requires_grad_(True)
+    ty = torch.nn.functional.max_pool2d(tx, k, stride, pad)
+    g = rng.standard_normal(ty.shape)
+    ty.backward(torch.from_numpy(g))
+    y, vjp = jax.vjp(getattr(jl, pool), jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(y), nhwc(ty))
+    # overlapping windows (3x3/2) add their gradients in another order: 1 ulp; a misrouted one is O(1)
+    np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(g.transpose(0, 2, 3, 1)))[0]), nhwc(tx.grad), rtol=1e-14)
+
+
 @pytest.mark.parametrize("h,stride", [(7, 2), (8, 2), (8, 1)])
 def test_shortcut_a_matches_torch(x64, h, stride):
     x = np.random.default_rng(h).standard_normal((2, h, h, 4))

@@ -52,10 +52,13 @@ def test_resnet_paper_flops_table1():
         assert abs(got - paper) / paper < 0.05
 
 
-def test_train_and_infer_flops_are_6x_and_2x_macs():
+def test_train_and_infer_flops_are_6x_and_2x_macs_less_the_stem_input_gradient():
     spec = specs.get("resnet50")
-    assert flops.train_flops(spec) == 6 * flops.count(spec).macs
+    stem = 7 * 7 * 3 * 64 * 112 * 112  # the 7x7/2 stem's MACs at 224x224, by hand
+    assert flops.first_conv_macs(spec) == stem
+    assert flops.train_flops(spec) == 6 * flops.count(spec).macs - 2 * stem
     assert flops.infer_flops(spec, 64) == 2 * flops.count(spec, 64).macs
+    assert flops.first_conv_macs(specs.get("vgg11"), 32) == 3 * 3 * 3 * 64 * 32 * 32
 
 
 def test_unknown_name_lists_valid_ones():
