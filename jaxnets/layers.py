@@ -55,19 +55,22 @@ def conv_taps(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], pad
     *kernel, cin_g, cout = rhs.shape
     out = [(size + lo + hi - k) // s + 1 for size, (lo, hi), k, s in zip(spatial, padding, kernel, window_strides,
                                                                          strict=True)]
+    # per dimension, the span of kernel taps that read any input (a tap in between adds zeros)
     live = [[i for i in range(k) if any(0 <= o * s + i - lo < size for o in range(osize))]
             for k, s, (lo, _), size, osize in zip(kernel, window_strides, padding, spatial, out, strict=True)]
+    live = [list(range(t[0], t[-1] + 1)) for t in live]
     xp = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
-    cols, taps = [], []
+    cols = []
     for idx in np.ndindex(*[len(t) for t in live]):
         tap = tuple(t[i] for t, i in zip(live, idx, strict=True))
         start = (0, *tap, 0)
         stop = (n, *[t + (o - 1) * s + 1 for t, o, s in zip(tap, out, window_strides, strict=True)], cin)
         cols.append(jax.lax.slice(xp, start, stop, (1, *window_strides, 1)))
-        taps.append(rhs[tap])
-    g, nt, nsp = feature_group_count, len(taps), len(spatial)
+    g, nt, nsp = feature_group_count, len(cols), len(spatial)
     patches = jnp.stack(cols, axis=-2).reshape(n, *out, nt, g, cin_g)
-    weights = jnp.stack(taps).reshape(nt, cin_g, g, cout // g)
+    # the live taps are a box of the kernel, in the patches' order; all live: a reshape, no copy
+    box = tuple(slice(t[0], t[-1] + 1) for t in live)
+    weights = rhs[box].reshape(nt, cin_g, g, cout // g)
     # contract taps and per-group input channels; the group is a batch dimension of the dot
     t_ax, g_ax, c_ax = nsp + 1, nsp + 2, nsp + 3
     y = jax.lax.dot_general(patches, weights, (((t_ax, c_ax), (0, 1)), ((g_ax,), (2,))), precision=precision)

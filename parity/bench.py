@@ -30,7 +30,7 @@ from parity import flops, profiling, specs
 # (jaxnets.build(conv_impl="xla")), to show what XLA:CPU's swapped convolutions cost.
 FRAMEWORKS = ("jax", "jax-xla", "torch-compile", "torch-eager")
 
-# Dense peaks (FLOP/s) per device and dtype, from the vendors' datasheets (FACTS.md). fp32 on
+# Dense peaks (FLOP/s) per device and dtype, from the vendors' datasheets. fp32 on
 # Hopper counts TF32 when the run allows it (JAX's default precision, torch's cuDNN default).
 GPU_PEAKS = {
     "H100": {"bf16": 989e12, "fp32": 67e12, "tf32": 495e12},

@@ -11,12 +11,14 @@ import sys
 from itertools import product
 from pathlib import Path
 
-from parity import bench, compare, profiling, report
+from parity import bench, profiling, report
 
 
 def loss_tolerance(device: str, dtype: str) -> float:
     """How far two frameworks' first-step losses may be apart: the parity table's factor x floor
     for this device and dtype at default precision (the bench runs at default precision)."""
+    from parity import compare  # imports torch: only when a bench runs
+
     tol = compare.TOLERANCES[(device, dtype, "default")]
     return tol.factor * tol.floor
 
@@ -188,26 +190,6 @@ def main(models: list[str], args: argparse.Namespace) -> int:
     (out / "bench.md").write_text("\n".join(md))
     print(f"\nreports: {out}/bench.json, bench.md, " + ", ".join(files))
     return 1 if refused else 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("bench", help="throughput: jax.jit vs torch.compile vs torch eager, same work")
-    p.add_argument("--models", default="resnet18", help="comma separated (default resnet18)")
-    p.add_argument("--mode", choices=("train", "infer"), default="train")
-    p.add_argument("--batch", default="32", help="batch size, or a comma separated sweep")
-    p.add_argument("--image-size", default="64", help="input size, or a comma separated sweep")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    p.add_argument("--steps", type=int, default=20, help="timed steps")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps after the compiling call")
-    p.add_argument("--frameworks", default=",".join(bench.FRAMEWORKS))
-    p.add_argument("--compile-mode", choices=("default", "max-autotune"), default="default")
-    p.add_argument("--xla-cpu-flags", choices=("tuned", "stock"), default="tuned",
-                   help="tuned (default): JAX on CPU gets the bench's XLA flags (printed); stock: XLA_FLAGS as given")
-    p.add_argument("--profile", action="store_true",
-                   help="after timing, profile one step per framework and print its slowest operations")
-    p.add_argument("--out", type=Path, default=Path("reports/bench"))
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

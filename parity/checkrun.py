@@ -19,7 +19,7 @@ def very_deep(name: str) -> bool:
     """Nets whose Flax side runs op by op (``compare.jits``). Each optimizer step there takes about
     20 s for resnet1202 at batch 2, so its two 10-step trajectories (six Flax runs) took its check
     from 5 min to 57 min. Unless ``--steps`` is given, they get eval, train, stats, gradients and
-    layers (the issue allows structure checks there), with the usual samples."""
+    layers (structure checks suffice there), with the usual samples."""
     return not compare.jits(compare.Config(name))
 
 

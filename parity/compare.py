@@ -1,4 +1,4 @@
-"""Parity checks between the twins, judged against float64 (DESIGN.md, "How parity is judged").
+"""Parity checks between the twins, judged against float64 (docs/parity.md).
 
 For one model, the same weights (through the converter) and the same inputs run through both
 frameworks in float64, and ``samples`` times in the working dtype (exact weights, then 1-ulp

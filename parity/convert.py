@@ -7,6 +7,7 @@ input rows follow torch's C,H,W flattening while Flax flattens H,W,C.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ import torch
 
 from parity import arrays, specs
 
-__all__ = ["torch_to_flax", "flax_to_torch", "ConversionError", "expected_state_dict", "RULES"]
+__all__ = ["torch_to_flax", "flax_to_torch", "ConversionError", "expected_state_dict", "RULES", "torch_shapes",
+           "identify", "classifier_size"]
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,47 @@ def flax_to_torch(variables: Mapping[str, Any], name: str, strict: bool = True, 
         a = _hwc_to_chw_rows(a, rows[key]) if key in rows else rule.to_torch(a)
         sd[key] = arrays.to_torch(a)
     return sd if strict else (sd, list(problems.values()))
+
+
+def torch_shapes(obj: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """torch key -> torch-layout shape of a state_dict, or of Flax variables (by the inverse rules)."""
+    if all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {k: _shape(v) for k, v in obj.items()}
+    out = {}
+    for key, (_, leaf) in flax_paths(obj).items():
+        shape = _shape(leaf)
+        out[key] = (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else shape[::-1]
+    return out
+
+
+@functools.cache
+def _signature(name: str, num_classes: int | None = None) -> tuple:
+    ov = {"num_classes": num_classes} if num_classes else {}
+    return tuple((k, s) for k, (s, _) in expected_state_dict(name, **ov).items())
+
+
+def classifier_size(shapes: Mapping[str, tuple[int, ...]], name: str) -> int | None:
+    """The number of classes the checkpoint's last layer has, if it has ``name``'s keys."""
+    last = _signature(name)[-1][0]  # the output layer's bias: fc.bias / classifier.6.bias
+    return shapes[last][0] if last in shapes and len(shapes[last]) == 1 else None
+
+
+def fits(shapes: Mapping[str, tuple[int, ...]], name: str, num_classes: int | None = None) -> bool:
+    """Every key of ``name`` (with that classifier size) is there with its shape, and no other."""
+    want = _signature(name, num_classes)
+    return len(want) == len(shapes) and all(shapes.get(k) == s for k, s in want)
+
+
+def identify(shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[str, dict]]:
+    """Every (variant, overrides) whose state_dict has exactly these keys and shapes; a classifier
+    size other than the variant's default becomes the ``num_classes`` override."""
+    found = []
+    for name in specs.list_models():
+        n = classifier_size(shapes, name)
+        default = specs.get(name).num_classes
+        if n is not None and fits(shapes, name, None if n == default else n):
+            found.append((name, {} if n == default else {"num_classes": n}))
+    return found
 
 
 def _flax_path(key: str, ndim: int) -> str:

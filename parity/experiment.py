@@ -13,8 +13,8 @@ import numpy as np
 from parity import compare, flops, report, specs
 
 DEGRADATION_NETS = ("plain20", "plain56", "resnet20", "resnet56")
-FIRST = 1  # epochs the float64 twins run: the issue bounds the first epoch's gap
-FIRST_EPOCH_BOUND = 0.01  # the issue's bound on the first epoch's training-loss gap
+FIRST = 1  # epochs the float64 twins run: the bound below is on the first epoch
+FIRST_EPOCH_BOUND = 0.01  # first-epoch training-loss gap allowed (docs/experiments.md)
 
 
 class DataError(ValueError):
@@ -214,7 +214,7 @@ def degradation(args: argparse.Namespace) -> int:
                    ", native 8x8 (not upscaled)") + f"; {len(data[0][1])} train / {len(data[1][1])} test images")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    nets = [n.strip() for n in args.nets.split(",")]
+    nets = [n.strip() for n in (args.nets or ",".join(DEGRADATION_NETS)).split(",")]
     results: dict = {}
     start = time.time()
     runs = 3 if args.yardstick else 2
@@ -239,7 +239,7 @@ def degradation(args: argparse.Namespace) -> int:
             results[name]["torch_ulp_rel_diff"] = _gap(u, t)
         if args.float64:
             # the same first epoch with both twins in float64: the structural check of the curves,
-            # which float32 rounding (chaotic in deep plain nets, see README) cannot blur
+            # which float32 rounding (chaotic in deep plain nets, docs/experiments.md) cannot blur
             bar.set_postfix_str(f"{name} torch, float64")
             t64 = train_torch(name, weights, **run, dtype="float64", run_epochs=FIRST)
             bar.set_postfix_str(f"{name} flax, float64")
@@ -365,28 +365,3 @@ def receptive_field(args: argparse.Namespace) -> int:
     print("\nVGG configurations (paper Table 1/2), counted from the variant table:\n")
     print(report.text_table(vgg_table(), right=(2, 3, 4, 5)))
     return 0
-
-
-def register(sub) -> None:
-    p = sub.add_parser("experiment", help="the papers' experiments: degradation, receptive-field")
-    esub = p.add_subparsers(dest="experiment", required=True)
-    d = esub.add_parser("degradation", help="plain vs residual nets, both frameworks (ResNet Fig. 6)")
-    d.add_argument("--data", choices=("digits", "cifar10"), default="digits")
-    d.add_argument("--data-dir", type=Path, help="folder with CIFAR-10's binary .bin files")
-    d.add_argument("--nets", default=",".join(DEGRADATION_NETS))
-    d.add_argument("--epochs", type=int, default=20)
-    d.add_argument("--warmup-epochs", type=int, default=1, help="epochs at lr/10 first (default 1)")
-    d.add_argument("--batch", type=int, default=128)
-    d.add_argument("--lr", type=float, default=0.1)
-    d.add_argument("--upscale", type=int, default=1, help="digits only: pixel-repeat factor (1: native 8x8)")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--no-yardstick", dest="yardstick", action="store_false",
-                   help="skip the extra torch run from a 1-ulp start that measures float32 chaos")
-    d.add_argument("--no-float64", dest="float64", action="store_false",
-                   help="skip the first epoch in float64 (both twins) that checks the 1%% bound")
-    d.add_argument("--out", type=Path, default=Path("reports/degradation"))
-    d.set_defaults(run=degradation)
-    r = esub.add_parser("receptive-field", help="VGG's 3x3-stack argument and the A-E totals")
-    r.add_argument("--channels", type=int, default=256)
-    r.add_argument("--size", type=int, default=56)
-    r.set_defaults(run=receptive_field)

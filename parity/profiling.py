@@ -3,10 +3,10 @@
 JAX: the step runs once under ``jax.profiler.trace``; XLA:CPU records one trace event per
 executed HLO instruction (thunk), named as in the compiled module, so each event is matched to
 its instruction's opcode and shape in ``compiled.as_text()``. An asynchronous thunk is timed to
-its "end: <name>" event. torch: ``torch.profiler`` self
-CPU time per aten operator (or per fused kernel under torch.compile).
+its "end: <name>" event, and time during which several instructions run is shared among them.
+torch: ``torch.profiler`` self CPU time per aten operator (or per fused kernel under torch.compile).
 
-Shares are of the profiled step's wall time. Ops that run concurrently can add up to more.
+Shares are of the profiled step's wall time.
 """
 
 from __future__ import annotations
@@ -77,17 +77,35 @@ def jax_ops(call: Callable[[], Any], hlo_text: str, top: int = 8) -> list[Op]:
                     starts[ev.name].append((ev.start_ns, ev.start_ns + ev.duration_ns))
                 elif ev.name.startswith("end: ") and ev.name[5:] in instructions:
                     ends[ev.name[5:]].append(ev.start_ns)
-    totals: dict[str, float] = defaultdict(float)
-    for name, spans in starts.items():
+    spans: list[tuple[float, float, str]] = []
+    for name, begins in starts.items():
         done = sorted(ends.get(name, []))
-        for begin, stop in sorted(spans):
+        for begin, stop in sorted(begins):
             later = [e for e in done if e >= begin]
-            totals[name] += (max(stop, later[0]) if later else stop) - begin
+            spans.append((begin, max(stop, later[0]) if later else stop, name))
             if later:
                 done.remove(later[0])
-    totals = {k: v / 1e9 for k, v in totals.items()}
+    totals = {k: v / 1e9 for k, v in _shared_time(spans).items()}
     ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
     return [Op(name, instructions[name], 1e3 * s, s / wall) for name, s in ranked]
+
+
+def _shared_time(spans: list[tuple[float, float, str]]) -> dict[str, float]:
+    """Each instant's time divided equally among the instructions running then: concurrent
+    instructions (XLA:CPU runs independent ones at once) share it instead of each counting it."""
+    edges = sorted({t for b, e, _ in spans for t in (b, e)})
+    totals: dict[str, float] = defaultdict(float)
+    events = sorted([(b, 1, n) for b, _, n in spans] + [(e, -1, n) for _, e, n in spans])
+    active: dict[str, int] = defaultdict(int)
+    i = 0
+    for t0, t1 in zip(edges, edges[1:], strict=False):
+        while i < len(events) and events[i][0] <= t0:
+            active[events[i][2]] += events[i][1]
+            i += 1
+        running = [n for n, c in active.items() if c > 0]
+        for n in running:
+            totals[n] += (t1 - t0) / len(running)
+    return totals
 
 
 def torch_ops(call: Callable[[], Any], sync: Callable[[Any], None], top: int = 8) -> list[Op]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared GPU run (H100/H200): parity at highest and default precision in fp32 and bf16,
-# then the benchmark the issues ask for. Timeouts cap it at under 11 minutes (4 x 70 s + 2 x 180 s);
+# then the benchmark. Timeouts cap it at under 11 minutes (4 x 70 s + 2 x 180 s);
 # each step tees its output at once, so a timed-out step still leaves the others. Untested on a GPU.
 # Uses the machine's preinstalled torch/jax/flax/optax (no install): PYTHONPATH=. instead.
 # Writes everything under ${OUT:-gpu-out}.
@@ -27,9 +27,11 @@ done
 # 2. benchmark: resnet50 b256 224px and vgg16 b64 224px, bf16 and fp32, all three frameworks.
 for dtype in bf16 fp32; do
   timeout 110 $PY -m parity bench --device gpu --dtype "$dtype" --models resnet50 --batch 256 \
-    --image-size 224 --steps 20 --warmup 5 --out "$OUT/bench-resnet50-$dtype" 2>&1 | tail -15 \
+    --image-size 224 --steps 20 --warmup 5 --frameworks jax,torch-compile,torch-eager \
+    --out "$OUT/bench-resnet50-$dtype" 2>&1 | tail -15 \
     | tee "$OUT/bench-resnet50-$dtype.txt"
   timeout 70 $PY -m parity bench --device gpu --dtype "$dtype" --models vgg16 --batch 64 \
-    --image-size 224 --steps 20 --warmup 5 --out "$OUT/bench-vgg16-$dtype" 2>&1 | tail -15 \
+    --image-size 224 --steps 20 --warmup 5 --frameworks jax,torch-compile,torch-eager \
+    --out "$OUT/bench-vgg16-$dtype" 2>&1 | tail -15 \
     | tee "$OUT/bench-vgg16-$dtype.txt"
 done

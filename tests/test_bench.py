@@ -76,15 +76,30 @@ def test_tuned_xla_flags_only_for_jax_on_cpu(monkeypatch):
 @pytest.mark.slow  # two frameworks x two batch sizes, each in a fresh process
 def test_bench_cli_end_to_end(tmp_path, capsys):
     code = main(["bench", "--models", "resnet20", "--batch", "4,8", "--image-size", "32", "--steps", "2",
-                 "--warmup", "1", "--frameworks", "jax,torch-eager", "--out", str(tmp_path)])
+                 "--warmup", "1", "--frameworks", "jax,jax-xla,torch-eager", "--profile", "--out", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
     assert "settings jax:" in out and "donate_argnums" in out and "channels_last" in out
+    assert "conv_impl=auto" in out and "conv_impl=xla" in out
+    assert "where the time goes, resnet20 b4 32px jax-xla" in out and "aten::" in out
+    assert "MFU = achieved FLOP/s /" in out and "of matmul" in out
     data = json.loads((tmp_path / "bench.json").read_text())
-    assert {r["framework"] for r in data["results"]} == {"jax", "torch-eager"}
+    assert {r["framework"] for r in data["results"]} == {"jax", "jax-xla", "torch-eager"}
+    assert data["profiles"] and all(p for p in data["profiles"].values())
     assert {r["batch"] for r in data["results"]} == {4, 8}
     assert all(r["images_per_s"] > 0 and r["peak_mem_mib"] > 0 for r in data["results"])
     assert (tmp_path / "throughput.png").exists() and (tmp_path / "batch_sweep.png").exists()
+
+
+@pytest.mark.slow  # torch.compile's first call compiles for about a minute on 2 cores
+def test_bench_torch_compile_runs_and_does_the_same_work(tmp_path):
+    code = main(["bench", "--models", "resnet20", "--batch", "4", "--image-size", "32", "--steps", "2",
+                 "--warmup", "1", "--frameworks", "jax,torch-compile", "--mode", "infer", "--out", str(tmp_path)])
+    assert code == 0
+    data = json.loads((tmp_path / "bench.json").read_text())
+    rows = {r["framework"]: r for r in data["results"]}
+    assert rows["torch-compile"]["vs_torch_compile"] == 1.0 and rows["jax"]["images_per_s"] > 0
+    assert data["settings"]["torch-compile"]["compile"] is True
 
 
 def test_bench_rejects_unknown_names():

@@ -48,7 +48,7 @@ def test_degradation_first_epoch_losses_agree(tmp_path, capsys):
     data = json.loads((tmp_path / "degradation.json").read_text())
     for name in ("resnet20", "plain20"):
         r = data["results"][name]
-        assert r["train_loss_rel_diff"][0] < 0.01  # the bound: within 1% for the first epoch
+        assert r["train_loss_rel_diff"][0] < 0.01  # the experiment's bound: within 1% for the first epoch
         # the float64 twins run the first epoch only, and agree far inside the bound on these nets
         assert len(r["float64_rel_diff"]) == 1 and r["float64_rel_diff"][0] < 1e-9
         assert set(r["float32_to_float64"]) == {"torch", "flax"}

@@ -6,7 +6,7 @@ from parity import flops, specs
 PAPER_VGG_M = {"vgg11": 133, "vgg11_lrn": 133, "vgg13": 133, "vgg16_c": 134, "vgg16": 138, "vgg19": 144}
 PAPER_CIFAR_M = {"resnet20": 0.27, "resnet32": 0.46, "resnet44": 0.66, "resnet56": 0.85,
                  "resnet110": 1.7, "resnet1202": 19.4}
-# torchvision's "GFLOPS" metadata (really GMACs) at 224x224, from ../shared/reference/FACTS.md.
+# torchvision's "GFLOPS" metadata (really GMACs) at 224x224, as torchvision's model metadata lists them.
 TORCHVISION_GMACS = {"resnet18": 1.814, "resnet34": 3.664, "resnet50": 4.089, "resnet101": 7.801,
                      "resnet152": 11.514, "vgg11": 7.609, "vgg13": 11.308, "vgg16": 15.470,
                      "vgg19": 19.632}
