@@ -44,6 +44,13 @@ def xla_would_swap(kernel: tuple[int, ...], in_size: tuple[int, ...], out_size: 
     return window > 1 and window > min(math.prod(in_size), math.prod(out_size))
 
 
+def _out_sizes(spatial: Sequence[int], padding: Sequence[tuple[int, int]], kernel: Sequence[int],
+               strides: Sequence[int]) -> list[int]:
+    """A convolution's output size per spatial dimension (explicit padding, no dilation)."""
+    return [(size + lo + hi - k) // s + 1 for size, (lo, hi), k, s in zip(spatial, padding, kernel, strides,
+                                                                          strict=True)]
+
+
 def conv_taps(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Sequence[tuple[int, int]],
               feature_group_count: int = 1, precision: Any = None) -> jax.Array:
     """lax.conv_general_dilated for NHWC x HWIO with explicit padding, as one dot_general over the
@@ -53,8 +60,7 @@ def conv_taps(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], pad
     has no small-map convolution to swap (docs/benchmark.md, "The swapped convolution")."""
     n, *spatial, cin = lhs.shape
     *kernel, cin_g, cout = rhs.shape
-    out = [(size + lo + hi - k) // s + 1 for size, (lo, hi), k, s in zip(spatial, padding, kernel, window_strides,
-                                                                         strict=True)]
+    out = _out_sizes(spatial, padding, kernel, window_strides)
     # per dimension, the span of kernel taps that read any input (a tap in between adds zeros)
     live = [[i for i in range(k) if any(0 <= o * s + i - lo < size for o in range(osize))]
             for k, s, (lo, _), size, osize in zip(kernel, window_strides, padding, spatial, out, strict=True)]
@@ -97,8 +103,7 @@ def conv_general_dilated(conv_impl: str):
              dimension_numbers=None, feature_group_count=1, precision=None, **kw):
         if conv_impl == "auto" and not kw and _channels_last(lhs.ndim, dimension_numbers) \
                 and not isinstance(padding, str) and _ones(lhs_dilation) and _ones(rhs_dilation):
-            out = [(size + lo + hi - k) // s + 1 for size, (lo, hi), k, s
-                   in zip(lhs.shape[1:-1], padding, rhs.shape[:-2], window_strides, strict=True)]
+            out = _out_sizes(lhs.shape[1:-1], padding, rhs.shape[:-2], window_strides)
             if xla_would_swap(rhs.shape[:-2], lhs.shape[1:-1], out):
                 return conv_taps(lhs, rhs, window_strides, padding, feature_group_count=feature_group_count,
                                  precision=precision)
@@ -189,13 +194,15 @@ def max_pool(x: jax.Array, k: int, stride: int, pad: int) -> jax.Array:
     return functools.reduce(jnp.maximum, _pool_windows(x, k, stride, pad))
 
 
-def _max_pool_fwd(x: jax.Array, k: int, stride: int, pad: int) -> tuple[jax.Array, jax.Array]:
-    return max_pool(x, k, stride, pad), x
+def _max_pool_fwd(x: jax.Array, k: int, stride: int, pad: int) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    y = max_pool(x, k, stride, pad)
+    return y, (x, y)
 
 
-def _max_pool_bwd(k: int, stride: int, pad: int, x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+def _max_pool_bwd(k: int, stride: int, pad: int, res: tuple[jax.Array, jax.Array],
+                  g: jax.Array) -> tuple[jax.Array]:
+    x, y = res
     windows = _pool_windows(x, k, stride, pad)
-    y = functools.reduce(jnp.maximum, windows)
     h, w = x.shape[1] + 2 * pad, x.shape[2] + 2 * pad
     ho, wo = y.shape[1], y.shape[2]
     taken = jnp.zeros(y.shape, bool)
