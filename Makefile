@@ -22,7 +22,7 @@ demo: install
 	$(PY) -m parity check
 
 test: install
-	$(PY) -m ruff check parity torchnets jaxnets tests scripts
+	$(PY) -m ruff check parity torchnets jaxnets tests scripts examples
 	$(PY) -m pytest -q -m "not slow and not huge" $(PYTEST_ARGS)
 
 test-slow: install
@@ -35,7 +35,7 @@ test-all: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install
-	$(PY) -m ruff check parity torchnets jaxnets tests scripts
+	$(PY) -m ruff check parity torchnets jaxnets tests scripts examples
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

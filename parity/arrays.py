@@ -21,7 +21,7 @@ def to_numpy(t: torch.Tensor, copy: bool = True) -> np.ndarray:
     return a.copy() if copy else a
 
 
-def to_torch(a) -> torch.Tensor:
+def to_torch(a: object) -> torch.Tensor:
     """A torch copy of ``a`` (numpy or jax array) with the same dtype and bits."""
     a = np.array(a, order="C")  # a copy; ascontiguousarray would turn 0-d into 1-d
     for torch_dtype, (_, np_dtype) in _BIT_VIEWS.items():

@@ -1,411 +1,222 @@
-"""Throughput: jax.jit train/infer steps against torch.compile (and eager), doing the same work.
-
-Each (model, batch, size, framework) runs in its own fresh Python process, so that neither
-framework's threads, caches or memory peak touch the other's numbers. Every worker builds the
-same weights (torchnets' seeded init, through the converter) and the same batch, and reports
-its first-step loss; the parent refuses to report a model whose frameworks disagree on it.
-
-Timed loop: each step is synchronised (``block_until_ready`` / ``torch.cuda.synchronize``)
-to read its own time; that is the only host sync, and it is the same for every framework.
-"""
+"""``python -m parity bench``: jobs, the same-work check, tables, JSON, Markdown and plots."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
-import re
-import resource
-import subprocess
+import platform
 import sys
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from itertools import product
+from pathlib import Path
 
-import numpy as np
-
-from parity import flops, profiling, specs
-
-# jax: the Flax twin as built by default; jax-xla: the same twin with lax's convolution everywhere
-# (jaxnets.build(conv_impl="xla")), to show what XLA:CPU's swapped convolutions cost.
-FRAMEWORKS = ("jax", "jax-xla", "torch-compile", "torch-eager")
-
-# Dense peaks (FLOP/s) per device and dtype, from the vendors' datasheets. fp32 on
-# Hopper counts TF32 when the run allows it (JAX's default precision, torch's cuDNN default).
-GPU_PEAKS = {
-    "H100": {"bf16": 989e12, "fp32": 67e12, "tf32": 495e12},
-    "H200": {"bf16": 989e12, "fp32": 67e12, "tf32": 495e12},
-    "A100": {"bf16": 312e12, "fp32": 19.5e12, "tf32": 156e12},
-}
+from parity import profiling, report, throughput
 
 
-# Added to XLA_FLAGS for JAX on CPU unless --xla-cpu-flags stock (printed in every report): XLA's own
-# convolution kernels instead of YNNPACK's, 2-8x faster per convolution here; a choice of kernel
-# library, not of numerics (no fast math, no reduced precision). docs/benchmark.md, "XLA flags".
-TUNED_CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
+def loss_tolerance(device: str, dtype: str) -> float:
+    """How far two frameworks' first-step losses may be apart: the parity table's factor x floor
+    for this device and dtype at default precision (the bench runs at default precision)."""
+    from parity.config import TOLERANCES
+
+    tol = TOLERANCES[(device, dtype, "default")]
+    return tol.factor * tol.floor
 
 
-@dataclass
-class Job:
-    model: str
-    framework: str
-    mode: str = "train"
-    batch: int = 32
-    size: int = 64
-    dtype: str = "fp32"
-    device: str = "cpu"
-    steps: int = 20
-    warmup: int = 3
-    compile_mode: str = "default"
-    seed: int = 0
-    lr: float = 0.01
-    threads: int = 0  # 0: every core
-    profile: bool = False  # after timing, profile one more step (parity.profiling)
-    xla_cpu_flags: str = "tuned"  # "tuned": add TUNED_CPU_XLA_FLAGS for JAX on CPU; "stock": XLA_FLAGS as given
+def same_work(ms: dict[str, throughput.Measurement], device: str, dtype: str) -> tuple[bool, str]:
+    losses = {fw: m.first_loss for fw, m in ms.items()}
+    ref = next(iter(losses.values()))
+    worst = max(abs(v - ref) / max(abs(ref), 1e-12) for v in losses.values())
+    tol = loss_tolerance(device, dtype)
+    text = ", ".join(f"{fw} {v:.6f}" for fw, v in losses.items())
+    return worst <= tol, f"first-step losses {text}; max relative gap {worst:.1e} (tolerance {tol:.0e})"
 
 
-@dataclass
-class Measurement:
-    job: dict
-    first_loss: float
-    compile_s: float
-    times_s: list[float]
-    peak_mem_bytes: int
-    settings: dict = field(default_factory=dict)
-    profile: list[dict] = field(default_factory=list)  # parity.profiling.Op records, when asked
-
-    @property
-    def median(self) -> float:
-        return float(np.median(self.times_s))
-
-
-# --------------------------------------------------------------------------- shared inputs
-
-
-def overrides(model: str) -> dict:
-    """VGG runs with dropout p=0 in both frameworks: their RNGs cannot draw the same masks, and the
-    first-step losses must be comparable (dropout is far below 0.1% of VGG's FLOPs)."""
-    return {"dropout": 0.0} if isinstance(specs.get(model), specs.VGGSpec) else {}
-
-
-def _inputs(job: Job) -> tuple[Any, np.ndarray, np.ndarray]:
-    """(torch state_dict, x NCHW float32, labels) - identical in every worker."""
-    import torch
-
-    import torchnets
-
-    spec = specs.get(job.model)
-    torch.manual_seed(job.seed)
-    sd = torchnets.build(job.model, **overrides(job.model)).state_dict()
-    rng = np.random.default_rng(job.seed)
-    x = rng.standard_normal((job.batch, spec.in_channels, job.size, job.size), dtype=np.float32)
-    y = rng.integers(0, spec.num_classes, job.batch)
-    return sd, x, y
-
-
-# --------------------------------------------------------------------------- JAX
+def _plot(rows: list[dict], out: Path, sweep: bool) -> list[str]:
+    plt = report.pyplot()
+    files = []
+    labels = sorted({(r["model"], r["batch"], r["size"]) for r in rows})
+    fws = sorted({r["framework"] for r in rows}, key=throughput.FRAMEWORKS.index)
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(labels) * len(fws)), 4))
+    width = 0.8 / len(fws)
+    for i, fw in enumerate(fws):
+        vals = [next((r["images_per_s"] for r in rows if (r["model"], r["batch"], r["size"]) == lab
+                      and r["framework"] == fw), 0) for lab in labels]
+        ax.bar([j + i * width for j in range(len(labels))], vals, width, label=fw)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))])
+    ax.set_xticklabels([f"{m}\nb{b} {s}px" for m, b, s in labels], fontsize=8)
+    ax.set_ylabel("images/s")
+    ax.set_title(f"{rows[0]['mode']} throughput, {rows[0]['dtype']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "throughput.png", dpi=110)
+    plt.close(fig)
+    files.append("throughput.png")
+    if sweep:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for (model, size, fw) in sorted({(r["model"], r["size"], r["framework"]) for r in rows}):
+            pts = sorted((r["batch"], r["images_per_s"]) for r in rows
+                         if (r["model"], r["size"], r["framework"]) == (model, size, fw))
+            ax.plot(*zip(*pts, strict=True), marker="o", label=f"{model} {size}px {fw}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("images/s")
+        ax.set_title("scaling with batch size")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "batch_sweep.png", dpi=110)
+        plt.close(fig)
+        files.append("batch_sweep.png")
+    return files
 
 
-def jax_steps(model: Any, x: Any, y: Any, lr: float) -> tuple[Any, Callable, Callable]:
-    """(optax optimizer, train step (params, stats, opt_state) -> (.., loss), inference (params, stats)
-    -> logits): the bench's pure JAX functions on a fixed batch, to be jitted."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(lr, momentum=0.9))
-
-    def loss_fn(p, s):
-        logits, upd = model.apply({"params": p, "batch_stats": s}, x, train=True, mutable=["batch_stats"])
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y).mean()
-        return loss, upd.get("batch_stats", {})
-
-    def step(p, s, o):
-        (loss, s), g = jax.value_and_grad(loss_fn, has_aux=True)(p, s)
-        updates, o = tx.update(g, o, p)
-        return optax.apply_updates(p, updates), s, o, loss
-
-    def infer(p, s):
-        return model.apply({"params": p, "batch_stats": s}, x, train=False)
-
-    return tx, step, infer
+def _pct(v: float, over: float | None = None) -> str:
+    """A percentage; '*' marks one above ``over`` (explained under the table)."""
+    if math.isnan(v):
+        return "-"
+    return f"{100 * v:.1f}%" + ("*" if over is not None and v > over else "")
 
 
-def _run_jax(job: Job) -> Measurement:
-    import jax
-    import jax.numpy as jnp
+def profile_lines(profiles: list[tuple[str, list[profiling.Op]]]) -> list[str]:
+    """Each profiled run's slowest operations, and a warning for any that dominates its step."""
+    lines = []
+    for label, ops in profiles:
+        lines += [f"where the time goes, {label} (share of one profiled step):", *["  " + op.line() for op in ops]]
+    for label, ops in profiles:
+        lines += profiling.warnings(label, ops)
+    return lines
 
-    import jaxnets
-    from parity import convert
 
-    sd, x_np, y_np = _inputs(job)
-    dev = jax.devices("gpu" if job.device == "gpu" else "cpu")[0]
-    conv_impl = "xla" if job.framework == "jax-xla" else "auto"
-    model = jaxnets.build(job.model, dtype=jnp.bfloat16 if job.dtype == "bf16" else None, conv_impl=conv_impl,
-                          **overrides(job.model))
-    variables = jax.device_put(convert.torch_to_flax(sd, job.model, **overrides(job.model)), dev)
-    params, stats = variables["params"], variables.get("batch_stats", {})
-    x = jax.device_put(jnp.asarray(x_np.transpose(0, 2, 3, 1)), dev)
-    if job.dtype == "bf16":
-        x = x.astype(jnp.bfloat16)  # the batch lives on the device in the compute dtype
-    y = jax.device_put(jnp.asarray(y_np), dev)
-    tx, step, infer = jax_steps(model, x, y, job.lr)
+def main(models: list[str], args: argparse.Namespace) -> int:
+    from tqdm import tqdm
 
-    if job.mode == "train":
-        # donated: params, statistics and optimizer state are updated in place
-        step = jax.jit(step, donate_argnums=(0, 1, 2))
-        state = [params, stats, tx.init(params)]
-
-        def call():
-            state[0], state[1], state[2], loss = step(*state)
-            return loss
-
-        def hlo():
-            return step.lower(*state).compile().as_text()
+    frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
+    bad = [f for f in frameworks if f not in throughput.FRAMEWORKS]
+    if bad:
+        raise SystemExit(f"error: unknown framework(s) {bad}; valid: {', '.join(throughput.FRAMEWORKS)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.device == "cpu":
+        peak = throughput.cpu_nominal_peak()
+        achievable = throughput.Peak(throughput.cpu_peak_probe(args.dtype),
+                                     f"measured: 2048^3 {args.dtype} torch matmul")
     else:
-        infer = jax.jit(infer)
-
-        def call():
-            return infer(params, stats)
-
-        def hlo():
-            return infer.lower(params, stats).compile().as_text()
-
-    def sync(out):
-        jax.block_until_ready(out)
-
-    settings = {"jax": jax.__version__, "jit": True, "conv_impl": conv_impl,
-                "donate_argnums": "params, batch_stats, opt_state",
-                "layout": "NHWC", "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
-                "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""), "device": str(dev)}
-    m = _time(job, call, sync, lambda out: np.asarray(jax.device_get(out), np.float32), y_np, settings)
-    if job.profile:
-        m.profile = profiling.as_dicts(profiling.jax_ops(call, hlo()))
-    if job.device == "gpu":
-        m.peak_mem_bytes = int((dev.memory_stats() or {}).get("peak_bytes_in_use", 0))
-    return m
-
-
-# --------------------------------------------------------------------------- torch
-
-
-def _run_torch(job: Job) -> Measurement:
-    import torch
-    import torch.nn.functional as F
-
-    import torchnets
-
-    sd, x_np, y_np = _inputs(job)
-    dev = torch.device("cuda" if job.device == "gpu" else "cpu")
-    if job.device == "gpu":
-        torch.backends.cudnn.benchmark = True  # cuDNN autotuning, as XLA autotunes its convolutions
-    model = torchnets.build(job.model, **overrides(job.model))
-    model.load_state_dict(sd)
-    model = model.to(dev, memory_format=torch.channels_last)
-    x = torch.from_numpy(x_np).to(dev).contiguous(memory_format=torch.channels_last)
-    y = torch.from_numpy(y_np).to(dev)
-    autocast = lambda: torch.autocast(dev.type, dtype=torch.bfloat16, enabled=job.dtype == "bf16")  # noqa: E731
-    compiled = job.framework == "torch-compile"
-    if job.mode == "train":
-        model.train()
-        opt = torch.optim.SGD(model.parameters(), lr=job.lr, momentum=0.9, weight_decay=1e-4)
-
-        def step():
-            with autocast():
-                loss = F.cross_entropy(model(x).float(), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss
-
-        call = torch.compile(step, mode=job.compile_mode) if compiled else step
-    else:
-        model.eval()
-
-        def infer():
-            with torch.inference_mode(), autocast():
-                return model(x)
-
-        call = torch.compile(infer, mode=job.compile_mode) if compiled else infer
-
-    def sync(out):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        elif isinstance(out, torch.Tensor):
-            out.detach().reshape(-1)[:1].cpu()
-
-    settings = {"torch": torch.__version__, "compile": compiled,
-                "compile_mode": job.compile_mode if compiled else None, "memory_format": "channels_last",
-                "threads": torch.get_num_threads(), "optimizer_in_compiled_step": compiled and job.mode == "train",
-                "cudnn.benchmark": torch.backends.cudnn.benchmark if dev.type == "cuda" else None,
-                "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32 if dev.type == "cuda" else None,
-                "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32 if dev.type == "cuda" else None}
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    m = _time(job, call, sync, lambda out: out.detach().float().cpu().numpy(), y_np, settings)
-    if job.profile:
-        m.profile = profiling.as_dicts(profiling.torch_ops(call, sync))
-    if dev.type == "cuda":
-        m.peak_mem_bytes = int(torch.cuda.max_memory_allocated())
-    return m
-
-
-# --------------------------------------------------------------------------- timing
-
-
-def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    z = logits.astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(labels)), labels]))
-
-
-def _time(job: Job, call, sync, to_numpy, labels: np.ndarray, settings: dict) -> Measurement:
-    """Time the first call (compilation) alone, then warm up, then time each step."""
-    t = time.perf_counter()
-    out = call()
-    sync(out)
-    compile_s = time.perf_counter() - t
-    # the first step's loss (train: before its update; infer: of the logits), for the same-work check
-    first = to_numpy(out)
-    loss0 = float(first) if job.mode == "train" else _cross_entropy(first, labels)
-    for _ in range(job.warmup):
-        sync(call())
-    times = []
-    for _ in range(job.steps):
-        t = time.perf_counter()
-        sync(call())
-        times.append(time.perf_counter() - t)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    return Measurement(asdict(job), loss0, compile_s, times, peak, settings)
+        peak = throughput.gpu_peak(args.dtype, tf32=True)
+        achievable = throughput.Peak(float("nan"), "not measured on GPU")
+    flags = args.xla_cpu_flags
+    if flags == "tuned" and args.device == "cpu" and any(f.startswith("jax") for f in frameworks) \
+            and not throughput.tuned_flags_supported():
+        print(f"note: this jaxlib rejects {' '.join(throughput.TUNED_CPU_XLA_FLAGS)}; JAX runs with XLA_FLAGS as given")
+        flags = "stock"
+    if args.device == "cpu" and flags == "tuned":
+        print(f"the bench adds to XLA_FLAGS for JAX on CPU: {' '.join(throughput.TUNED_CPU_XLA_FLAGS)} "
+              "(XLA's convolution kernels instead of YNNPACK's; --xla-cpu-flags stock to leave XLA_FLAGS as given)")
+    devices = getattr(args, "devices", 1)
+    if devices > 1 and args.mode != "train":
+        raise SystemExit("error: --devices needs --mode train (data-parallel inference has no collective to compare)")
+    if devices > 1:
+        print(f"data-parallel: {devices} devices, --batch images per device; JAX: jax.shard_map over a Mesh, torch: "
+              "DistributedDataParallel, both per-replica BatchNorm (the same work); scaling efficiency = global "
+              f"images/s on {devices} devices / ({devices} x images/s on 1)"
+              + ("; simulated CPU devices and ranks share this machine's cores" if args.device == "cpu" else ""))
+    groups = [(m, b, s, d) for m, b, s in product(models, args.batch, args.image_size)
+              for d in ([1, devices] if devices > 1 else [1])]
+    rows, notes, refused = [], [], []
+    profiles: list[tuple[str, list[profiling.Op]]] = []
+    settings: dict = {}
+    bar = tqdm(total=len(groups) * len(frameworks), desc="bench", unit="run", file=sys.stderr)
+    single: dict[tuple, float] = {}  # (model, batch, size, framework) -> images/s on one device
+    for model, batch, size, ndev in groups:
+        ms: dict[str, throughput.Measurement] = {}
+        label = f"{model} b{batch} {size}px" + (f" x{ndev} devices" if ndev > 1 else "")
+        for fw in frameworks:
+            bar.set_postfix_str(f"{label} {fw}")
+            job = throughput.Job(model, fw, args.mode, batch, size, args.dtype, args.device, args.steps, args.warmup,
+                                 args.compile_mode, profile=args.profile, xla_cpu_flags=flags, devices=ndev)
+            try:
+                ms[fw] = throughput.run_job(job)
+                settings[fw] = ms[fw].settings
+            except RuntimeError as e:  # one failed run must not lose the others' numbers
+                tqdm.write(f"FAILED {model} {fw}: {e}", file=sys.stderr)
+            bar.update()
+        if len(ms) < len(frameworks):
+            refused.append(model)
+            notes.append(f"{label}: a framework failed; not reported")
+            continue
+        ok, text = same_work(ms, args.device, args.dtype)
+        notes.append(f"{label}: {text}")
+        if not ok:
+            refused.append(model)
+            tqdm.write(f"REFUSED {model}: the frameworks did not do the same work ({text})", file=sys.stderr)
+            continue
+        for fw, m in ms.items():
+            if m.profile:
+                profiles.append((f"{label} {fw}",
+                                 [profiling.Op(**op) for op in m.profile]))
+        group = [throughput.derived(m, peak.flops, achievable.flops) for m in ms.values()]
+        ref = next((r for r in group if r["framework"] == "torch-compile"), None)
+        for r in group:
+            r["vs_torch_compile"] = r["images_per_s"] / ref["images_per_s"] if ref else float("nan")
+            if ndev == 1:
+                single[(model, batch, size, r["framework"])] = r["images_per_s"]
+            one = single.get((model, batch, size, r["framework"]))
+            r["scaling"] = r["images_per_s"] / (ndev * one) if ndev > 1 and one else float("nan")
+        rows += group
+    bar.close()
+    env = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+           "peak_flops": peak.flops, "peak_source": peak.source,
+           "achievable_flops": achievable.flops, "achievable_source": achievable.source,
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
+    dp = devices > 1
+    head = ["model", "batch", *(["devices", "global img/s", "scaling"] if dp else []), "size", "framework",
+            "compile s", "median ms", "p10-p90 ms", "img/s", "TFLOP/s", "MFU", "of matmul", "peak MiB",
+            "vs torch-compile"]
+    table = [head] + [[r["model"], str(r["batch"]),
+                       *([str(r["devices"]), f"{r['images_per_s']:.1f}", _pct(r["scaling"])] if dp else []),
+                       str(r["size"]), r["framework"], f"{r['compile_s']:.1f}",
+                       f"{r['median_ms']:.1f}", f"{r['p10_ms']:.1f}-{r['p90_ms']:.1f}",
+                       f"{r['images_per_s']:.1f}", f"{r['tflops']:.3f}",
+                       _pct(r["mfu"], over=1), _pct(r["of_achievable"]), f"{r['peak_mem_mib']:.0f}",
+                       f"{r['vs_torch_compile']:.2f}x"] for r in rows]
+    print(f"\nbench: mode={args.mode} dtype={args.dtype} device={args.device} steps={args.steps} "
+          f"warmup={args.warmup}\nMFU = achieved FLOP/s / {peak.flops / 1e9:.1f} GFLOP/s ({peak.source})\n"
+          f"of matmul = achieved FLOP/s / {achievable.flops / 1e9:.1f} GFLOP/s, achievable ({achievable.source})")
+    for fw, s in settings.items():
+        print(f"settings {fw}: " + ", ".join(f"{k}={v}" for k, v in s.items()))
+    print("same work: " + "\n           ".join(notes) + "\n")
+    if len(table) > 1:
+        print(report.text_table(table, right=tuple(range(4 + 3 * dp, 13 + 3 * dp))))
+    over = [n for n in (throughput.over_peak(r, peak) for r in rows) if n]
+    for note in over:
+        print("* " + note)
+    prof_lines = profile_lines(profiles)
+    if prof_lines:
+        print("\n" + "\n".join(prof_lines))
+    files = _plot(rows, out, len(args.batch) > 1) if rows else []
+    (out / "throughput.json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "run"},
+                                                "environment": env, "settings": settings, "same_work": notes,
+                                                "refused": refused, "results": rows,
+                                                "profiles": {k: profiling.as_dicts(v) for k, v in profiles}},
+                                               indent=1, default=str))
+    md = [f"# Benchmark ({args.mode}, {args.dtype}, {args.device})", "", f"Environment: {env}", "",
+          *[f"- {fw}: {s}" for fw, s in settings.items()], "", *[f"- {n}" for n in notes], "",
+          report.markdown_table(table), "", *[f"* {n}" for n in over], "",
+          *(["```", *prof_lines, "```", ""] if prof_lines else []),
+          *[f"![{f}]({f})" for f in files]]
+    (out / "throughput.md").write_text("\n".join(md))
+    print(f"\nreports: {out}/throughput.json, throughput.md, " + ", ".join(files))
+    return 1 if refused else 0
 
 
-def worker(job_json: str) -> None:
-    job = Job(**json.loads(job_json))
-    if job.threads:
-        import torch
+def run(args: argparse.Namespace) -> int:
+    from parity import specs
 
-        torch.set_num_threads(job.threads)
-    m = _run_jax(job) if job.framework.startswith("jax") else _run_torch(job)
-    print("RESULT " + json.dumps(asdict(m)))
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in specs.list_models()]
+    if unknown:
+        raise SystemExit(f"error: unknown model(s) {unknown}; valid: {', '.join(specs.list_models())}")
+    args.batch = [int(b) for b in str(args.batch).split(",")]
+    args.image_size = [int(s) for s in str(args.image_size).split(",")]
+    return main(models, args)
 
-
-def worker_env(job: Job) -> dict[str, str]:
-    """The worker's environment: this one, plus the tuned XLA flags for a JAX job on CPU (a flag the
-    user already set in XLA_FLAGS is left as the user set it)."""
-    env = dict(os.environ)
-    if job.framework.startswith("jax") and job.device == "cpu" and job.xla_cpu_flags == "tuned":
-        have = env.get("XLA_FLAGS", "")
-        add = [f for f in TUNED_CPU_XLA_FLAGS if f.split("=")[0] not in have]
-        env["XLA_FLAGS"] = " ".join([have, *add]).strip()
-    return env
-
-
-def tuned_flags_supported(timeout: float = 120) -> bool:
-    """Whether this jaxlib accepts TUNED_CPU_XLA_FLAGS (XLA aborts on a flag it does not know)."""
-    env = worker_env(Job("resnet18", "jax"))
-    proc = subprocess.run([sys.executable, "-c", "import jax; jax.numpy.zeros(1).block_until_ready()"],
-                          env=env, capture_output=True, text=True, timeout=timeout)
-    return proc.returncode == 0
-
-
-def run_job(job: Job, timeout: float = 1800) -> Measurement:
-    """One measurement in a fresh interpreter; RuntimeError if it fails or runs past ``timeout`` s."""
-    try:
-        proc = subprocess.run([sys.executable, "-m", "parity.bench", json.dumps(asdict(job))], env=worker_env(job),
-                              capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        raise RuntimeError(f"{job.framework} {job.model} ran past its {timeout:.0f} s limit") from e
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{job.framework} {job.model} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return Measurement(**json.loads(lines[-1][len("RESULT "):]))
-
-
-# --------------------------------------------------------------------------- peaks and derived numbers
-
-
-def cpu_peak_probe(dtype: str = "fp32", n: int = 2048, repeats: int = 5) -> float:
-    """Measured matmul FLOP/s of this CPU (torch, every core): the "achievable" denominator."""
-    import torch
-
-    dt = torch.bfloat16 if dtype == "bf16" else torch.float32
-    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
-
-
-@dataclass(frozen=True)
-class Peak:
-    flops: float  # FLOP/s; nan when unknown
-    source: str  # how it was obtained, printed beside every MFU figure
-
-
-def cpu_nominal_peak(cpuinfo: str | None = None, cores: int | None = None) -> Peak:
-    """cores x fp32 FLOP/cycle x clock, from /proc/cpuinfo: AVX-512 64 FLOP/cycle (2 FMA units of 16
-    lanes, 2 FLOPs each), AVX2+FMA 32, else SSE 8. The clock is the one cpuinfo reports (often the
-    base clock: a core boosting above it can exceed this peak)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = open("/proc/cpuinfo").read()
-        except OSError:
-            return Peak(float("nan"), "nominal unknown (no /proc/cpuinfo)")
-    cores = cores or len(os.sched_getaffinity(0))
-    flags = set(re.search(r"^flags\s*:(.*)$", cpuinfo, re.M).group(1).split()) if "flags" in cpuinfo else set()
-    mhz = [float(v) for v in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", cpuinfo, re.M)]
-    model = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.M)
-    if not mhz:
-        return Peak(float("nan"), "nominal unknown (no clock in /proc/cpuinfo)")
-    isa, per_cycle = (("AVX-512", 64) if "avx512f" in flags else ("AVX2+FMA", 32) if {"avx2", "fma"} <= flags
-                      else ("SSE", 8))
-    ghz = max(mhz) / 1e3
-    name = model.group(1).strip() if model else "CPU"
-    return Peak(cores * per_cycle * ghz * 1e9,
-                f"nominal: {name}, {cores} cores x {per_cycle} fp32 FLOP/cycle ({isa}, 2 FMA units assumed) "
-                f"x {ghz:.2f} GHz (/proc/cpuinfo)")
-
-
-def gpu_peak(dtype: str, tf32: bool) -> Peak:
-    """The datasheet's dense peak of GPU 0 for this dtype."""
-    import torch
-
-    name = torch.cuda.get_device_name(0)
-    for key, peaks in GPU_PEAKS.items():
-        if key in name:
-            kind = "bf16" if dtype == "bf16" else ("tf32" if tf32 else "fp32")
-            return Peak(peaks[kind], f"{key} {kind} datasheet")
-    return Peak(float("nan"), f"unknown GPU {name}: no datasheet peak")
-
-
-def derived(m: Measurement, peak: float, achievable: float = float("nan")) -> dict:
-    """Times, images/s and FLOP rates of one measurement. ``mfu`` divides by ``peak`` (nominal or
-    datasheet), ``of_achievable`` by a measured matmul rate; either may exceed 1, see over_peak."""
-    job = Job(**m.job)
-    spec = specs.get(job.model)
-    per_image = flops.train_flops(spec, job.size) if job.mode == "train" else flops.infer_flops(spec, job.size)
-    t = np.asarray(m.times_s)
-    ips = job.batch / m.median
-    achieved = per_image * ips
-    return {"model": job.model, "framework": job.framework, "mode": job.mode, "batch": job.batch,
-            "size": job.size, "dtype": job.dtype, "compile_s": m.compile_s, "median_ms": 1e3 * m.median,
-            "p10_ms": 1e3 * float(np.percentile(t, 10)), "p90_ms": 1e3 * float(np.percentile(t, 90)),
-            "images_per_s": ips, "tflops": achieved / 1e12, "mfu": achieved / peak if peak else float("nan"),
-            "of_achievable": achieved / achievable if achievable else float("nan"),
-            "peak_mem_mib": m.peak_mem_bytes / 2**20, "first_loss": m.first_loss}
-
-
-def over_peak(row: dict, peak: Peak) -> str | None:
-    """Why a figure above 100% of the nominal peak can appear, or None when it does not."""
-    if not row["mfu"] > 1:
-        return None
-    return (f"{row['model']} {row['framework']}: {100 * row['mfu']:.0f}% of the nominal peak. The FLOP count is "
-            f"exact for convolutions and linear layers, so the clock is the likely cause: {peak.source}; a core "
-            "boosting above that clock runs faster than this peak assumes.")
-
-
-if __name__ == "__main__":
-    worker(sys.argv[1])

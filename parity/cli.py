@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,11 +18,25 @@ def _runs(module: str, function: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def _overrides(args: argparse.Namespace) -> dict:
-    return {"num_classes": args.num_classes} if getattr(args, "num_classes", None) else {}
+def register_list(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("list", help="every model: family, parameters, MACs at the family's input size")
+    p.set_defaults(run=_runs("parity.cli", "list_models"))
 
 
-def register_convert(sub) -> None:
+def list_models(args: argparse.Namespace) -> int:
+    from parity import flops, report, specs
+
+    rows = [("name", "family", "params", "GMACs", "input")]
+    for name in specs.list_models():
+        spec = specs.get(name)
+        c = flops.count(spec)
+        rows.append((name, spec.family, f"{c.params:,}", f"{c.macs / 1e9:.3f}",
+                     f"{spec.input_size}x{spec.input_size}"))
+    print(report.text_table(rows, right=(2, 3)))
+    return 0
+
+
+def register_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert a checkpoint between torch and Flax, verified on a batch")
     p.add_argument("input", type=Path, help=".pt/.pth/.safetensors/.msgpack to read")
     p.add_argument("output", type=Path, help="file to write (format from its extension)")
@@ -31,102 +44,16 @@ def register_convert(sub) -> None:
     p.add_argument("--to", choices=("flax", "torch"), help="target framework (default: the other one)")
     p.add_argument("--num-classes", type=int, help="classifier size; default: read from the checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
-    p.set_defaults(run=run_convert)
+    p.set_defaults(run=_runs("parity.convert", "run"))
 
 
-def _variant(shapes: dict, args: argparse.Namespace) -> tuple[str, dict] | str:
-    """(model, overrides) for the checkpoint, or an error message. A classifier size that is the only
-    difference from --model is read from the checkpoint; a wrong or missing --model is named."""
-    from parity import convert, specs
-
-    if args.model and args.model not in specs.list_models():
-        return f"unknown model {args.model!r}; valid: {', '.join(specs.list_models())}"
-    if args.model:
-        ov = _overrides(args)
-        if ov or convert.fits(shapes, args.model):
-            return args.model, ov  # converting reports every problem, if any
-        n = convert.classifier_size(shapes, args.model)
-        if n is not None and convert.fits(shapes, args.model, n):
-            return args.model, {"num_classes": n}
-    found = convert.identify(shapes)
-    if args.model and found:
-        names = ", ".join(m + (f" (num_classes={o['num_classes']})" if o else "") for m, o in found)
-        return (f"the checkpoint does not fit {args.model}; every key and shape fits {names}: "
-                f"run with --model {found[0][0]}" + (" (or another of these)" if len(found) > 1 else ""))
-    if args.model:
-        return args.model, _overrides(args)  # no variant fits: the conversion lists every problem
-    if len(found) == 1:
-        return found[0]
-    if found:
-        return (f"the checkpoint fits {len(found)} variants with the same weights ({', '.join(m for m, _ in found)}); "
-                "pass --model")
-    return "no variant has exactly this checkpoint's keys and shapes; pass --model NAME to see every problem"
 
 
-def run_convert(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from parity import convert, io
-
-    if args.output.exists() and not args.force:
-        print(f"error: {args.output} exists; pass --force to overwrite it", file=sys.stderr)
-        return 2
-    if args.output.resolve() == args.input.resolve():
-        print("error: OUTPUT must differ from INPUT (the input is never overwritten)", file=sys.stderr)
-        return 2
-    try:
-        obj = io.load(args.input)
-        kind = "torch" if io.is_state_dict(obj) else "flax"
-        target = args.to or ("flax" if kind == "torch" else "torch")
-        found = _variant(convert.torch_shapes(obj), args)
-        if isinstance(found, str):
-            print(f"error: {found}", file=sys.stderr)
-            return 1
-        model, ov = found
-        if not args.model:
-            print(f"{args.input}: identified as {model} from its keys and shapes")
-        if ov.get("num_classes") and not args.num_classes:
-            print(f"{model}: the checkpoint's classifier has {ov['num_classes']} classes; converting with "
-                  f"num_classes={ov['num_classes']}")
-        if kind == "torch":
-            sd, variables = obj, convert.torch_to_flax(obj, model, **ov)
-        else:
-            variables, sd = obj, convert.flax_to_torch(obj, model, **ov)
-        diff, scale = convert.verify(sd, variables, model, **ov)
-    except (io.CheckpointError, convert.ConversionError, KeyError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"{model}: {kind} -> {target}; one random batch through both frameworks: "
-          f"max |torch - flax| = {diff:.3g} (output scale {scale:.3g})")
-    if not np.isfinite(diff) or diff > 1e-4 * max(scale, 1.0):
-        print("error: the converted model does not reproduce the original; nothing written", file=sys.stderr)
-        return 1
-    io.save(args.output, variables if target == "flax" else sd)
-    print(f"wrote {args.output}")
-    return 0
-
-
-REGISTRARS: list = [register_convert]
-
-
-DEFAULT_CHECK = ("resnet20", "plain20", "resnet18")
-
-
-def _models(args: argparse.Namespace) -> list[str]:
-    from parity import specs
-
-    names = specs.list_models() if getattr(args, "all", False) else [
-        m.strip() for m in ",".join(args.models).split(",") if m.strip()]
-    unknown = [n for n in names if n not in specs.list_models()]
-    if unknown:
-        raise SystemExit(f"error: unknown model(s) {', '.join(unknown)}; valid: {', '.join(specs.list_models())}")
-    return names
-
-
-def register_check(sub) -> None:
+def register_check(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="parity of the twins: forward, train mode, grads, optimizer steps, per layer")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--models", nargs="+", default=list(DEFAULT_CHECK), help="names, space or comma separated")
+    g.add_argument("--models", nargs="+", default=["resnet20", "plain20", "resnet18"],
+                   help="names, space or comma separated")
     g.add_argument("--all", action="store_true", help="every variant")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
@@ -136,21 +63,30 @@ def register_check(sub) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, help="input size (default: 32, the smallest every variant takes)")
     p.add_argument("--samples", type=int, default=5, help="working-dtype runs per framework (default 5)")
+    p.add_argument("--devices", type=int, default=1, help="data-parallel parity on N devices (CPU: simulated "
+                   "JAX devices and N torch gloo processes; default 1: the single-device check)")
+    p.add_argument("--processes", type=int, default=0, help="with --devices: also JAX over N jax.distributed "
+                   "processes (the multi-process form; one CPU device each on CPU)")
+    p.add_argument("--timeout", type=float, default=300, help="seconds any data-parallel collective may wait")
     p.add_argument("--report", type=Path, default=Path("reports/check"), help="folder for JSON/Markdown/PNG")
-    p.set_defaults(run=run_check)
+    p.set_defaults(run=_runs("parity.check", "run"))
 
 
-def run_check(args: argparse.Namespace) -> int:
-    from parity import checkrun
-
-    return checkrun.main(_models(args), args)
 
 
-REGISTRARS.append(register_check)
+def register_doctor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="known convention mismatches between a torch and a Flax module, before "
+                       "any number is compared")
+    p.add_argument("torch", help="MODULE:NAME of the torch module (a class or a factory taking no arguments)")
+    p.add_argument("flax", help="MODULE:NAME of the Flax Linen module")
+    p.add_argument("--input-shape", required=True, help="torch layout, comma separated, e.g. 2,3,32,32")
+    p.add_argument("--tokens", type=int, help="integer inputs below this (token ids) instead of random floats")
+    p.add_argument("--no-images", action="store_true", help="do not move 4-D/5-D inputs to channels-last")
+    p.set_defaults(run=_runs("parity.doctor", "run"))
 
 
-def register_bench(sub) -> None:
-    from parity.bench import FRAMEWORKS  # numpy only
+def register_bench(sub: argparse._SubParsersAction) -> None:
+    from parity.throughput import FRAMEWORKS  # numpy only
 
     p = sub.add_parser("bench", help="throughput: jax.jit vs torch.compile vs torch eager, same work")
     p.add_argument("--models", default="resnet18", help="comma separated (default resnet18)")
@@ -167,14 +103,15 @@ def register_bench(sub) -> None:
                    help="tuned (default): JAX on CPU gets the bench's XLA flags (printed); stock: XLA_FLAGS as given")
     p.add_argument("--profile", action="store_true",
                    help="after timing, profile one step per framework and print its slowest operations")
+    p.add_argument("--devices", type=int, default=1, help="data-parallel on N devices (and 1, for scaling): "
+                   "--batch images per device; CPU: simulated JAX devices and N torch gloo processes")
     p.add_argument("--out", type=Path, default=Path("reports/bench"))
-    p.set_defaults(run=_runs("parity.benchrun", "run"))
+    p.set_defaults(run=_runs("parity.bench", "run"))
 
 
-REGISTRARS.append(register_bench)
 
 
-def register_experiment(sub) -> None:
+def register_experiment(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("experiment", help="the papers' experiments: degradation, receptive-field")
     esub = p.add_subparsers(dest="experiment", required=True)
     d = esub.add_parser("degradation", help="plain vs residual nets, both frameworks (ResNet Fig. 6)")
@@ -199,4 +136,15 @@ def register_experiment(sub) -> None:
     r.set_defaults(run=_runs("parity.experiment", "receptive_field"))
 
 
-REGISTRARS.append(register_experiment)
+REGISTRARS = [register_list, register_check, register_doctor, register_convert, register_bench,
+              register_experiment]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from parity import __main__
+
+    p = argparse.ArgumentParser(prog="parity", description=__main__.__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    for register in REGISTRARS:
+        register(sub)
+    return p

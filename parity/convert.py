@@ -7,7 +7,9 @@ input rows follow torch's C,H,W flattening while Flax flattens H,W,C.
 
 from __future__ import annotations
 
+import argparse
 import functools
+import sys
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -128,7 +130,8 @@ def _check(name: str, got: Mapping[str, Any], want: Mapping[str, tuple], strict:
     return problems
 
 
-def torch_to_flax(state_dict: Mapping[str, torch.Tensor], name: str, strict: bool = True, **overrides):
+def torch_to_flax(state_dict: Mapping[str, torch.Tensor], name: str, strict: bool = True,
+                  **overrides: Any) -> dict | tuple[dict, list[str]]:
     """Flax variables ``{'params', 'batch_stats'}`` (numpy arrays) from a torchvision-layout
     state_dict. With ``strict=False`` returns ``(variables, problems)`` and skips what did not fit."""
     spec = specs.get(name, **overrides)
@@ -169,7 +172,8 @@ def flax_paths(variables: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
     return out
 
 
-def flax_to_torch(variables: Mapping[str, Any], name: str, strict: bool = True, **overrides):
+def flax_to_torch(variables: Mapping[str, Any], name: str, strict: bool = True,
+                  **overrides: Any) -> OrderedDict | tuple[OrderedDict, list[str]]:
     """A torchvision-layout state_dict (OrderedDict of tensors, torchnets' key order) from Flax
     variables. With ``strict=False`` returns ``(state_dict, problems)``."""
     spec = specs.get(name, **overrides)
@@ -271,3 +275,79 @@ def verify(state_dict: Mapping[str, torch.Tensor], variables: Mapping[str, Any],
     v32 = jax.tree_util.tree_map(_as_float32, dict(variables))
     yj = np.asarray(jaxnets.build(name, **overrides).apply(v32, x.transpose(0, 2, 3, 1)))
     return float(np.abs(yt - yj).max()), float(np.abs(yt).max())
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    return {"num_classes": args.num_classes} if getattr(args, "num_classes", None) else {}
+
+
+def _variant(shapes: dict, args: argparse.Namespace) -> tuple[str, dict] | str:
+    """(model, overrides) for the checkpoint, or an error message. A classifier size that is the only
+    difference from --model is read from the checkpoint; a wrong or missing --model is named."""
+    if args.model and args.model not in specs.list_models():
+        return f"unknown model {args.model!r}; valid: {', '.join(specs.list_models())}"
+    if args.model:
+        ov = _overrides(args)
+        if ov or fits(shapes, args.model):
+            return args.model, ov  # converting reports every problem, if any
+        n = classifier_size(shapes, args.model)
+        if n is not None and fits(shapes, args.model, n):
+            return args.model, {"num_classes": n}
+    found = identify(shapes)
+    if args.model and found:
+        names = ", ".join(m + (f" (num_classes={o['num_classes']})" if o else "") for m, o in found)
+        return (f"the checkpoint does not fit {args.model}; every key and shape fits {names}: "
+                f"run with --model {found[0][0]}" + (" (or another of these)" if len(found) > 1 else ""))
+    if args.model:
+        return args.model, _overrides(args)  # no variant fits: the conversion lists every problem
+    if len(found) == 1:
+        return found[0]
+    if found:
+        return (f"the checkpoint fits {len(found)} variants with the same weights ({', '.join(m for m, _ in found)}); "
+                "pass --model")
+    return "no variant has exactly this checkpoint's keys and shapes; pass --model NAME to see every problem"
+
+
+def run(args: argparse.Namespace) -> int:
+    """``parity convert``: read, identify, convert, verify on a batch, then write (never over the input)."""
+    from parity import io
+
+    if args.output.exists() and not args.force:
+        print(f"error: {args.output} exists; pass --force to overwrite it", file=sys.stderr)
+        return 2
+    if args.output.resolve() == args.input.resolve():
+        print("error: OUTPUT must differ from INPUT (the input is never overwritten)", file=sys.stderr)
+        return 2
+    try:
+        obj = io.load(args.input)
+        kind = "torch" if io.is_state_dict(obj) else "flax"
+        target = args.to or ("flax" if kind == "torch" else "torch")
+        found = _variant(torch_shapes(obj), args)
+        if isinstance(found, str):
+            print(f"error: {found}", file=sys.stderr)
+            return 1
+        model, ov = found
+        if not args.model:
+            print(f"{args.input}: identified as {model} from its keys and shapes")
+        if ov.get("num_classes") and not args.num_classes:
+            print(f"{model}: the checkpoint's classifier has {ov['num_classes']} classes; converting with "
+                  f"num_classes={ov['num_classes']}")
+        if kind == "torch":
+            sd, variables = obj, torch_to_flax(obj, model, **ov)
+        else:
+            variables, sd = obj, flax_to_torch(obj, model, **ov)
+        diff, scale = verify(sd, variables, model, **ov)
+    except (io.CheckpointError, ConversionError, KeyError, TypeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{model}: {kind} -> {target}; one random batch through both frameworks: "
+          f"max |torch - flax| = {diff:.3g} (output scale {scale:.3g})")
+    if not np.isfinite(diff) or diff > 1e-4 * max(scale, 1.0):
+        print("error: the converted model does not reproduce the original; nothing written", file=sys.stderr)
+        return 1
+    io.save(args.output, variables if target == "flax" else sd)
+    print(f"wrote {args.output}")
+    return 0

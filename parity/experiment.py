@@ -6,15 +6,22 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from parity import compare, flops, report, specs
+from parity import flops, report, specs, training
+from parity.weights import perturbed
 
 DEGRADATION_NETS = ("plain20", "plain56", "resnet20", "resnet56")
 FIRST = 1  # epochs the float64 twins run: the bound below is on the first epoch
 FIRST_EPOCH_BOUND = 0.01  # first-epoch training-loss gap allowed (docs/experiments.md)
+
+
+# ((x_train NCHW, y_train), (x_test, y_test))
+Dataset = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 class DataError(ValueError):
@@ -24,7 +31,7 @@ class DataError(ValueError):
 # --------------------------------------------------------------------------- data
 
 
-def load_digits(seed: int = 0, test_fraction: float = 0.2, upscale: int = 1):
+def load_digits(seed: int = 0, test_fraction: float = 0.2, upscale: int = 1) -> Dataset:
     """scikit-learn's 8x8 handwritten digits (1,797 images, shipped inside the package), gray
     replicated to 3 channels, standardised; optionally upscaled by pixel repetition."""
     try:
@@ -39,7 +46,7 @@ def load_digits(seed: int = 0, test_fraction: float = 0.2, upscale: int = 1):
     return _split(x, y, seed, test_fraction)
 
 
-def _split(x, y, seed, test_fraction):
+def _split(x: np.ndarray, y: np.ndarray, seed: int, test_fraction: float) -> Dataset:
     idx = np.random.default_rng(seed).permutation(len(x))
     n_test = int(len(x) * test_fraction)
     test, train = idx[:n_test], idx[n_test:]
@@ -66,7 +73,7 @@ def read_cifar_bin(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return rec[:, 1:].reshape(-1, 3, 32, 32).astype(np.float32) / 255.0, labels
 
 
-def load_cifar10(data_dir: Path):
+def load_cifar10(data_dir: Path) -> Dataset:
     data_dir = Path(data_dir)
     train = [read_cifar_bin(data_dir / f"data_batch_{i}.bin") for i in range(1, 6)]
     xt, yt = read_cifar_bin(data_dir / "test_batch.bin")
@@ -76,6 +83,11 @@ def load_cifar10(data_dir: Path):
 
 
 # --------------------------------------------------------------------------- training, both frameworks
+
+
+def recipe(lr: float) -> training.Optimizer:
+    """The paper's optimizer: SGD, momentum 0.9, weight decay 1e-4 (learning rate set per epoch)."""
+    return training.SGD(lr, momentum=0.9, weight_decay=1e-4)
 
 
 def lr_at(epoch: int, epochs: int, lr: float, warmup: int = 0) -> float:
@@ -100,37 +112,28 @@ def _error(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(logits.argmax(axis=1) != y))
 
 
-def train_torch(name, weights, data, epochs, batch, lr, seed, bar=None, warmup=0, dtype="float32",
+def train_torch(name: str, weights: Mapping[str, Any], data: Dataset, epochs: int, batch: int, lr: float,
+                seed: int, bar: Any = None, warmup: int = 0, dtype: str = "fp32",
                 run_epochs: int | None = None) -> dict:
     """torch's training run; ``run_epochs`` stops after that many epochs of the ``epochs``-long schedule."""
     import torch
-    import torch.nn.functional as F
-
-    import torchnets
 
     (x, y), (xt, yt) = data
-    x, xt = x.astype(dtype), xt.astype(dtype)
-    model = torchnets.build(name).to(getattr(torch, dtype))
-    model.load_state_dict(weights)  # after the cast: float32 weights enter float64 exactly
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    model = training.torch_model(name, weights, dtype)
+    opt = training.torch_optimizer(recipe(lr), model.parameters())
     curves = {"train_loss": [], "train_error": [], "test_error": []}
-    xt_t = torch.from_numpy(xt)
+    xt_t = training.torch_inputs(xt, dtype)
     for epoch in range(epochs if run_epochs is None else run_epochs):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(epoch, epochs, lr, warmup)
+        training.set_torch_lr(opt, lr_at(epoch, epochs, lr, warmup))
         model.train()
         losses, errs = [], []
         for idx in _batches(len(x), batch, seed, epoch):
-            logits = model(torch.from_numpy(x[idx]))
-            loss = F.cross_entropy(logits, torch.from_numpy(y[idx]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            loss, logits = training.torch_train_step(model, opt, training.torch_inputs(x[idx], dtype),
+                                                     torch.from_numpy(y[idx]), dtype)
             losses.append(loss.item())
             errs.append(_error(logits.detach().numpy(), y[idx]))
         model.eval()
-        with torch.no_grad():
-            test_logits = model(xt_t).numpy()
+        test_logits = training.torch_eval_step(model, xt_t, dtype).numpy()
         curves["train_loss"].append(float(np.mean(losses)))
         curves["train_error"].append(float(np.mean(errs)))
         curves["test_error"].append(_error(test_logits, yt))
@@ -139,12 +142,13 @@ def train_torch(name, weights, data, epochs, batch, lr, seed, bar=None, warmup=0
     return curves
 
 
-def train_flax(name, weights, data, epochs, batch, lr, seed, bar=None, warmup=0, dtype="float32",
+def train_flax(name: str, weights: Mapping[str, Any], data: Dataset, epochs: int, batch: int, lr: float,
+               seed: int, bar: Any = None, warmup: int = 0, dtype: str = "fp32",
                run_epochs: int | None = None) -> dict:
     """The Flax twin's run, the same recipe as ``train_torch`` (float64 inside jax.enable_x64)."""
     import jax
 
-    with jax.enable_x64(dtype == "float64"):
+    with jax.enable_x64(dtype == "fp64"):
         return _train_flax(name, weights, data, epochs, batch, lr, seed, bar, warmup, dtype,
                            epochs if run_epochs is None else run_epochs)
 
@@ -152,45 +156,25 @@ def train_flax(name, weights, data, epochs, batch, lr, seed, bar=None, warmup=0,
 def _train_flax(name, weights, data, epochs, batch, lr, seed, bar, warmup, dtype, run_epochs) -> dict:
     import jax
     import jax.numpy as jnp
-    import optax
-
-    import jaxnets
-    from parity import convert
 
     (x, y), (xt, yt) = data
-    x, xt = x.astype(dtype), xt.astype(dtype)
-    model = jaxnets.build(name, param_dtype=getattr(jnp, dtype))
-    variables = convert.torch_to_flax(weights, name)
-    params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), variables["params"])
-    stats = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(a.dtype, jnp.floating)
-                                   else jnp.asarray(a), variables["batch_stats"])
-    # torch.optim.SGD: buf = 0.9 * buf + (g + wd * p); p -= lr * buf (lr outside the momentum buffer)
-    tx = optax.chain(optax.add_decayed_weights(1e-4), optax.trace(decay=0.9))
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def step(params, stats, opt_state, xb, yb, lr_now):
-        def loss_fn(p):
-            logits, upd = model.apply({"params": p, "batch_stats": stats}, xb, train=True, mutable=["batch_stats"])
-            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), (logits, upd["batch_stats"])
-        (loss, (logits, stats)), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(g, opt_state, params)
-        updates = jax.tree_util.tree_map(lambda u: -lr_now * u, updates)
-        return optax.apply_updates(params, updates), stats, opt_state, loss, logits
-
-    evaluate = jax.jit(lambda p, s, xb: model.apply({"params": p, "batch_stats": s}, xb, train=False))
-    x_nhwc, xt_nhwc = x.transpose(0, 2, 3, 1), jnp.asarray(xt.transpose(0, 2, 3, 1))
+    model = training.flax_model(name, dtype)
+    tx = training.optax_optimizer(recipe(lr))
+    state = training.flax_state(training.flax_variables(name, weights, dtype), tx)
+    step = jax.jit(training.flax_train_step(model, tx))
+    evaluate = jax.jit(training.flax_eval_step(model))
+    xt_nhwc = training.flax_inputs(xt, dtype)
     curves = {"train_loss": [], "train_error": [], "test_error": []}
     for epoch in range(run_epochs):
-        lr_now = jnp.asarray(lr_at(epoch, epochs, lr, warmup), dtype)
+        state = training.set_flax_lr(state, lr_at(epoch, epochs, lr, warmup))
         losses, errs = [], []
         for idx in _batches(len(x), batch, seed, epoch):
-            params, stats, opt_state, loss, logits = step(params, stats, opt_state, x_nhwc[idx], y[idx], lr_now)
-            losses.append(float(loss))
-            errs.append(_error(np.asarray(logits), y[idx]))
+            state, out = step(state, training.flax_inputs(x[idx], dtype), jnp.asarray(y[idx]))
+            losses.append(float(out.loss))
+            errs.append(_error(np.asarray(out.logits), y[idx]))
         curves["train_loss"].append(float(np.mean(losses)))
         curves["train_error"].append(float(np.mean(errs)))
-        curves["test_error"].append(_error(np.asarray(evaluate(params, stats, xt_nhwc)), yt))
+        curves["test_error"].append(_error(np.asarray(evaluate(state.params, state.batch_stats, xt_nhwc)), yt))
         if bar:
             bar.update()
     return curves
@@ -234,22 +218,22 @@ def degradation(args: argparse.Namespace) -> int:
             # torch against itself from weights one float32 ulp away: how far float32 chaos alone
             # moves the curve, the yardstick for the frameworks' gap
             bar.set_postfix_str(f"{name} torch, 1-ulp start")
-            u = train_torch(name, compare.perturbed(weights, 0), **run)
+            u = train_torch(name, perturbed(weights, 0), **run)
             results[name]["torch_ulp"] = u
             results[name]["torch_ulp_rel_diff"] = _gap(u, t)
         if args.float64:
             # the same first epoch with both twins in float64: the structural check of the curves,
             # which float32 rounding (chaotic in deep plain nets, docs/experiments.md) cannot blur
             bar.set_postfix_str(f"{name} torch, float64")
-            t64 = train_torch(name, weights, **run, dtype="float64", run_epochs=FIRST)
+            t64 = train_torch(name, weights, **run, dtype="fp64", run_epochs=FIRST)
             bar.set_postfix_str(f"{name} flax, float64")
-            f64 = train_flax(name, weights, **run, dtype="float64", run_epochs=FIRST)
+            f64 = train_flax(name, weights, **run, dtype="fp64", run_epochs=FIRST)
             results[name].update(torch_float64=t64, flax_float64=f64, float64_rel_diff=_gap(f64, t64),
                                  float32_to_float64={"torch": _gap(t, t64), "flax": _gap(f, t64)})
             if args.yardstick:  # deep plain nets train chaotically even in float64: torch vs itself
                 bar.set_postfix_str(f"{name} torch, float64, 1-ulp start")
                 w64 = {k: v.double() if v.is_floating_point() else v for k, v in weights.items()}
-                u64 = train_torch(name, compare.perturbed(w64, 0), **run, dtype="float64", run_epochs=FIRST)
+                u64 = train_torch(name, perturbed(w64, 0), **run, dtype="fp64", run_epochs=FIRST)
                 results[name].update(torch_float64_ulp=u64, torch_float64_ulp_rel_diff=_gap(u64, t64))
     bar.close()
     elapsed = time.time() - start
@@ -294,11 +278,7 @@ def _gap(a: dict, b: dict) -> list[float]:
 
 
 def _plot_curves(results: dict, path: Path, note: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = report.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     colors = dict(zip(results, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
     for ax, key, title in [(axes[0], "train_error", "training error"), (axes[1], "test_error", "test error")]:

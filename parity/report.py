@@ -1,8 +1,9 @@
-"""Plain-text and Markdown tables shared by the CLI commands."""
+"""Plain-text and Markdown tables and the plotting set-up shared by the CLI commands."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 def text_table(rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:
@@ -21,3 +22,13 @@ def markdown_table(rows: Sequence[Sequence[str]]) -> str:
     head, *body = [[str(c) for c in r] for r in rows]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(out + ["| " + " | ".join(r) + " |" for r in body])
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (the commands write PNGs, never open windows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

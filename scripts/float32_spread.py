@@ -36,8 +36,8 @@ def main() -> None:
     for name in args.nets.split(","):
         torch.manual_seed(args.seed)
         w = torchnets.build(name).state_dict()
-        losses = {"torch fp64": experiment.train_torch(name, w, **run, dtype="float64"),
-                  "flax fp64": experiment.train_flax(name, w, **run, dtype="float64"),
+        losses = {"torch fp64": experiment.train_torch(name, w, **run, dtype="fp64"),
+                  "flax fp64": experiment.train_flax(name, w, **run, dtype="fp64"),
                   "torch fp32": experiment.train_torch(name, w, **run)}
         with torch.backends.mkldnn.flags(enabled=False):
             losses["torch fp32, oneDNN off"] = experiment.train_torch(name, w, **run)

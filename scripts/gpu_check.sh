@@ -15,7 +15,7 @@ $PY -c "import torch, jax, flax, optax; print('torch', torch.__version__, 'jax',
   | tee -a "$OUT/gpu.txt"
 
 # 1. parity on GPU (float64 reference on CPU): a few variants, every precision setting. 5 samples
-# so that the rank test judges the gradient-derived quantities (see parity.compare).
+# so that the rank test judges the gradient-derived quantities (see parity.judgement).
 for dtype in fp32 bf16; do
   for prec in highest default; do
     timeout 70 $PY -m parity check --device gpu --dtype "$dtype" --precision "$prec" \
@@ -35,3 +35,14 @@ for dtype in bf16 fp32; do
     --out "$OUT/bench-vgg16-$dtype" 2>&1 | tail -15 \
     | tee "$OUT/bench-vgg16-$dtype.txt"
 done
+
+# 3. data-parallel, only on machines with several GPUs: parity (JAX over a Mesh, torch DDP over
+# NCCL) and the scaling of resnet50 at 64 images per GPU.
+NGPU=$(nvidia-smi -L | wc -l)
+if [ "$NGPU" -gt 1 ]; then
+  timeout 300 $PY -m parity check --device gpu --devices "$NGPU" --models resnet20 --batch 8 --steps 10 \
+    --samples 3 --report "$OUT/check-dp" 2>&1 | tail -12 | tee "$OUT/check-dp.txt"
+  timeout 300 $PY -m parity bench --device gpu --devices "$NGPU" --models resnet50 --batch 64 \
+    --image-size 224 --steps 20 --warmup 5 --frameworks jax,torch-compile \
+    --out "$OUT/bench-dp" 2>&1 | tail -15 | tee "$OUT/bench-dp.txt"
+fi

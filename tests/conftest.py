@@ -7,26 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from parity import flops, specs
+from parity import specs, tiers
 
 DATA = Path(__file__).parent / "data"
 REFERENCE = json.loads((DATA / "torchvision_state_dicts.json").read_text())["models"]
 
-# Very deep nets: structure-only in the default suite.
-VERY_DEEP = {"resnet1202", "plain1202"}
-
-
-# One VGG of each kind stays in the default suite although its classifier alone is 120M weights.
-REPRESENTATIVE = {"vgg11_bn", "vgg11_lrn"}
+# Very deep nets (parity.tiers): structure-only in the default suite.
+VERY_DEEP = {n for n in specs.list_models() if tiers.very_deep(n)}
 
 
 def is_heavy(name: str) -> bool:
-    """Over 30M parameters or over 100 layers: marked slow (`make test-slow`)."""
-    if name in REPRESENTATIVE:
-        return False
-    spec = specs.get(name)
-    deep = isinstance(spec, specs.ResNetSpec) and sum(spec.depths) > 40
-    return flops.count(spec).params > 30_000_000 or deep
+    """Marked slow (`make test-slow`): parity.tiers.suite_tier."""
+    return tiers.suite_tier(name) == "slow"
 
 
 def variants(names=None, *, light_only: bool = False):

@@ -6,15 +6,15 @@ import pytest
 
 import jaxnets.layers
 from conftest import VERY_DEEP
-from parity import compare, convert, specs
+from parity import check, convert, judgement, runners, specs, statistics, tiers, weights
 from parity.__main__ import main
+from parity.config import STRUCT_RTOL, Config, Tolerance
 
-# Default suite: 5 samples. Slow suite (CI): 3 samples (the medians judge; these nets have few
-# ReLU-derivative flips). The rest is "huge", 5 samples so the rank test judges the gradients
-# (hours on 2 cores: VGG's 120M-weight classifier in float64 XLA on CPU, the 100+-layer nets, and
-# resnet34, plain34 and resnet56 at 3-7 minutes each): `make test-huge`.
-DEFAULT = {"resnet20", "plain20"}
-SLOW = {"resnet18", "resnet50", "resnext50_32x4d", "plain56"}
+# Which tier runs each net's full check: parity.tiers.FULL_CHECK. Default suite: 5 samples. Slow
+# suite (CI): 3 samples (the medians judge; these nets have few ReLU-derivative flips). The rest is
+# "huge", 5 samples so the rank test judges the gradients (hours on 2 cores: VGG's 120M-weight
+# classifier in float64 XLA on CPU, the 100+-layer nets, and resnet34, plain34 and resnet56 at 3-7
+# minutes each): `make test-huge`.
 
 
 # plain1202 is chaotic even in float64 with calibrated statistics: weights one ulp apart move
@@ -25,23 +25,24 @@ CHAOTIC = pytest.mark.skip(reason="plain1202 is chaotic in float64: one ulp move
 
 
 def tier(name: str):
-    if name in DEFAULT:
+    where = tiers.check_suite_tier(name)
+    if where == "default":
         return name
-    marks = [pytest.mark.slow if name in SLOW else pytest.mark.huge]
+    marks = [pytest.mark.slow if where == "slow" else pytest.mark.huge]
     marks += [CHAOTIC] if name == "plain1202" else []
     return pytest.param(name, marks=marks)
 
 
-def config(name: str, **kw) -> compare.Config:
-    kw.setdefault("samples", 3 if name in SLOW else 5)
-    if name in VERY_DEEP:  # as the CLI runs them (checkrun.very_deep): no trajectory; batch 2 for time
+def config(name: str, **kw) -> Config:
+    kw.setdefault("samples", 3 if tiers.check_suite_tier(name) == "slow" else 5)
+    if name in VERY_DEEP:  # as the CLI runs them (check.steps_for): no trajectory; batch 2 for time
         kw.update(steps=0, batch=2)
-    return compare.Config(name, **kw)
+    return Config(name, **kw)
 
 
 @pytest.mark.parametrize("name", [tier(n) for n in specs.list_models()])
 def test_every_variant_passes_structure_and_precision(name):
-    r = compare.check(config(name))
+    r = check.check(config(name))
     assert r.ok, r.failures()
     got = {v.quantity for v in r.verdicts}
     assert {"eval", "train", "stats", "grads", "input_grad", "sgd_step1"} <= got
@@ -52,7 +53,7 @@ def test_every_variant_passes_structure_and_precision(name):
 
 @pytest.mark.huge
 def test_calibrated_very_deep_weights():
-    """compare.initial_weights calibrates resnet1202's running statistics: its float64 eval and
+    """weights.initial_weights calibrates resnet1202's running statistics: its float64 eval and
     train outputs stay near 1 in scale (random statistics gave 1.6e122), one ulp moves them by
     under 1e-12, and float32 stays within 1e-5. plain1202 stays chaotic (see CHAOTIC)."""
     import numpy as np
@@ -61,9 +62,9 @@ def test_calibrated_very_deep_weights():
     import torchnets
 
     cfg = config("resnet1202")
-    assert compare.calibrates(cfg) and not compare.calibrates(config("resnet110"))
-    w64 = compare.initial_weights(cfg)
-    x = torch.from_numpy(compare.make_batches(cfg)[0][0])
+    assert cfg.calibrates and not config("resnet110").calibrates
+    w64 = weights.initial_weights(cfg)
+    x = torch.from_numpy(weights.make_batches(cfg)[0][0])
 
     def out(w, dtype, train):
         m = torchnets.build(cfg.name).to(dtype)
@@ -76,7 +77,7 @@ def test_calibrated_very_deep_weights():
         y = out(w64, torch.float64, train)
         scale = np.abs(y).max()
         assert 0.1 < scale < 1e3, scale
-        assert np.abs(out(compare.perturbed(w64, 0), torch.float64, train) - y).max() / scale < 1e-12
+        assert np.abs(out(weights.perturbed(w64, 0), torch.float64, train) - y).max() / scale < 1e-12
         assert np.abs(out(w32, torch.float32, train) - y).max() / scale < 1e-5
 
 
@@ -88,20 +89,20 @@ def test_chaotic_plain1202_agrees_layer_by_layer():
     layer is held to 1e-10 while torch's spread allows it (the first 155 of 3006 captured layers),
     then to 3x that spread until it reaches 1e-2; past that no comparison means anything."""
     cfg = config("plain1202", samples=1)
-    batches = compare.make_batches(cfg)
-    w64 = compare.initial_weights(cfg)
-    with compare.torch_precision("cpu", "highest"):
-        t64 = compare.run_torch(cfg, w64, batches, "fp64", "cpu")
-        spread = compare.run_torch(cfg, compare.perturbed(w64, 0), batches, "fp64", "cpu",
-                                   compare.Reduced(t64, "struct"))["layers"]
-    with compare.jax_precision("highest", True):
-        twins = compare.flax_runner(cfg, "fp64", "cpu")(w64, batches, compare.Reduced(t64, "struct"))["layers"]
-    names = [n for n in t64["layers"] if n in twins]  # Flax captures modules only (no ReLU, no Sequential)
+    batches = weights.make_batches(cfg)
+    w64 = weights.initial_weights(cfg)
+    with runners.torch_precision("cpu", "highest"):
+        t64 = runners.Quantities.collect(runners.run_torch(cfg, w64, batches, "fp64", "cpu"))
+        spread = statistics.reduce(runners.run_torch(cfg, weights.perturbed(w64, 0), batches, "fp64", "cpu"),
+                                   t64, "struct").layers
+    with runners.jax_precision("highest", True):
+        twins = statistics.reduce(runners.flax_runner(cfg, "fp64", "cpu")(w64, batches), t64, "struct").layers
+    names = [n for n in t64.layers if n in twins]  # Flax captures modules only (no ReLU, no Sequential)
     assert len(names) > 3000
-    tight = next((i for i, n in enumerate(names) if 3 * spread[n] > compare.STRUCT_RTOL), len(names))
+    tight = next((i for i, n in enumerate(names) if 3 * spread[n] > STRUCT_RTOL), len(names))
     assert tight >= 100, f"torch's own spread passes 1e-10/3 at layer {tight} ({names[tight]})"
     judged = [n for n in names if spread[n] < 1e-2]
-    bad = [(n, twins[n], spread[n]) for n in judged if not twins[n] <= max(compare.STRUCT_RTOL, 3 * spread[n])]
+    bad = [(n, twins[n], spread[n]) for n in judged if not twins[n] <= max(STRUCT_RTOL, 3 * spread[n])]
     assert not bad, bad[:5]
 
 
@@ -111,8 +112,20 @@ def same_conv(cout, k, stride=1, groups=1, bias=False, *, name, dtype=None, para
                    use_bias=bias, dtype=dtype, param_dtype=param_dtype or jnp.float32, name=name)
 
 
-def quick(name: str, **kw) -> compare.Result:
-    return compare.check(compare.Config(name, steps=kw.pop("steps", 2), samples=1, batch=2, **kw))
+def quick(name: str, **kw) -> judgement.Result:
+    return check.check(Config(name, steps=kw.pop("steps", 2), samples=1, batch=2, **kw))
+
+
+@pytest.mark.parametrize("name", ["resnet50", "vgg11"])
+def test_gradients_and_optimizer_steps_of_a_bottleneck_net_and_a_vgg(name):
+    """Default tier: the full check of these runs in the slow and huge tiers only, so here their
+    gradients (every parameter and the input), one SGD and one AdamW step and a one-step trajectory,
+    at 32x32, batch 2: resnet50 has bottlenecks with projection shortcuts, vgg11 max pools and the
+    flatten permutation before its classifier."""
+    r = quick(name, steps=1)
+    assert r.ok, r.failures()
+    assert {"grads", "input_grad", "sgd_step1", "adamw_step1", "sgd_final", "adamw_final"} <= \
+        {v.quantity for v in r.verdicts}
 
 
 def _swap_mean_var(monkeypatch):
@@ -133,19 +146,17 @@ def test_planted_bn_mean_var_swap_is_caught_and_located(monkeypatch):
 
 
 def test_cli_check_passes_writes_reports_and_runs_very_deep_nets_op_by_op(monkeypatch, tmp_path, capsys):
-    """Nets deeper than JIT_UP_TO run Flax without jax.jit (resnet1202's gradient did not compile
+    """Very deep nets (parity.tiers) run Flax without jax.jit (resnet1202's gradient did not compile
     in 20 min) and, unless --steps is given, without a trajectory. Forced on plain20 here, that
     path (trajectories included) must judge as the compiled one does, and the report must say per
     model what ran."""
     import argparse
     import json
 
-    from parity import checkrun
-
-    assert compare.jits(config("resnet152")) and not compare.jits(config("resnet1202"))
-    monkeypatch.setattr(compare, "jits", lambda cfg: cfg.name != "plain20")
+    assert config("resnet152").jits and not config("resnet1202").jits
+    monkeypatch.setattr(Config, "jits", property(lambda cfg: cfg.name != "plain20"))
     default, given = argparse.Namespace(steps=None), argparse.Namespace(steps=2)
-    assert [checkrun.steps_for(n, a) for n in ("resnet20", "plain20") for a in (default, given)] == [10, 2, 0, 2]
+    assert [check.steps_for(n, a) for n in ("resnet20", "plain20") for a in (default, given)] == [10, 2, 0, 2]
     code = main(["check", "--models", "resnet20,plain20", "--steps", "2", "--samples", "2", "--batch", "2",
                  "--report", str(tmp_path)])
     out = capsys.readouterr().out
@@ -160,7 +171,7 @@ def test_cli_check_passes_writes_reports_and_runs_very_deep_nets_op_by_op(monkey
     assert {"sgd_losses", "adamw_losses", "sgd_final", "adamw_final"} <= verdicts
     assert (tmp_path / "resnet20_layers.png").stat().st_size > 1000
     _swap_mean_var(monkeypatch)
-    monkeypatch.setattr(compare, "jits", lambda cfg: False)
+    monkeypatch.setattr(Config, "jits", property(lambda cfg: False))
     r = quick("resnet20", steps=0)
     assert r.settings["flax execution"].startswith("op by op")
     assert not r.ok and r.first_bad_layer == "bn1"
@@ -213,32 +224,32 @@ def test_vgg11_lrn_eval_and_train_structure():
 
 def test_unknown_tolerance_setting_is_refused():
     with pytest.raises(ValueError, match="no tolerance"):
-        compare.Config("resnet20", device="tpu")
+        Config("resnet20", device="tpu")
 
 
 def test_rank_test_exact_null_distribution():
-    tol = compare.Tolerance(3.0, 0.0)
+    tol = Tolerance(3.0, 0.0)
     # Flax beyond the bound in all 25 pairings of 5 against 5: the rarest ordering, 1 in C(10, 5)
-    assert compare.rank_p([1.0] * 5, [0.1] * 5, tol) == pytest.approx(1 / 252)
-    assert compare.rank_p([1.0] * 3, [0.1] * 3, tol) == pytest.approx(1 / 20)
+    assert statistics.rank_p([1.0] * 5, [0.1] * 5, tol) == pytest.approx(1 / 252)
+    assert statistics.rank_p([1.0] * 3, [0.1] * 3, tol) == pytest.approx(1 / 20)
     # the counts over all u sum to C(n + m, n)
-    assert sum(compare._u_count(u, 4, 6) for u in range(25)) == 210
+    assert sum(statistics._u_count(u, 4, 6) for u in range(25)) == 210
 
 
 def test_precision_rule_accepts_the_relu_flip_lottery_and_rejects_a_shift():
-    tol = compare.Tolerance(3.0, 1e-5)
+    tol = Tolerance(3.0, 1e-5)
     # resnet56's measured gradient distances: both bimodal (flip or not), medians 6x apart by chance
     torch_d, flax_d = [4.7e-4, 4.7e-4, 1.8e-6, 1.9e-6, 9.1e-4], [2.9e-3, 6.0e-3, 4.7e-4, 1.7e-6, 1.6e-6]
-    assert compare.precision_verdict("grads", flax_d, torch_d, tol) == (True, "rank")
+    assert judgement.precision_verdict("grads", flax_d, torch_d, tol) == (True, "rank")
     # without flips (resnet20's gradients), every start 10x worse is a precision bug: caught
     smooth = [1.7e-6, 1.9e-6, 1.8e-6, 2.0e-6, 1.6e-6]
-    assert compare.precision_verdict("grads", [10 * d for d in smooth], smooth, compare.Tolerance(3.0, 0.0)) \
+    assert judgement.precision_verdict("grads", [10 * d for d in smooth], smooth, Tolerance(3.0, 0.0)) \
         == (False, "rank")
     # the price, said in precision_verdict: within torch's own 500x flip spread a 10x slip can hide
-    assert compare.precision_verdict("grads", [10 * d for d in torch_d], torch_d, tol)[0]
-    assert compare.precision_verdict("eval", [5e-5] * 5, [1e-6] * 5, tol) == (False, "median")
+    assert judgement.precision_verdict("grads", [10 * d for d in torch_d], torch_d, tol)[0]
+    assert judgement.precision_verdict("eval", [5e-5] * 5, [1e-6] * 5, tol) == (False, "median")
     # with 3 samples the rank test cannot reach p < 0.01, so the medians judge
-    assert compare.precision_verdict("grads", flax_d[:3], torch_d[:3], tol)[1] == "median"
+    assert judgement.precision_verdict("grads", flax_d[:3], torch_d[:3], tol)[1] == "median"
 
 
 def test_planted_precision_bug_fails_precision_and_not_structure(monkeypatch):
@@ -250,7 +261,7 @@ def test_planted_precision_bug_fails_precision_and_not_structure(monkeypatch):
                     param_dtype=param_dtype, **kw)
 
     monkeypatch.setattr(jaxnets.layers, "conv", bf16_conv)
-    r = compare.check(compare.Config("resnet20", steps=1, samples=5, batch=4))
+    r = check.check(Config("resnet20", steps=1, samples=5, batch=4))
     assert not r.ok and r.first_bad_layer == "conv1"
     assert all(v.struct_ok for v in r.verdicts)
     bad = {v.quantity: v.rule for v in r.verdicts if not v.precision_ok}

@@ -150,23 +150,24 @@ def test_converted_weights_give_the_same_outputs(name):
     import jax.numpy as jnp
 
     import jaxnets
-    from parity import compare, specs
+    from parity import specs, training, weights
+    from parity.config import Config
 
     if name == "plain1202":
         pytest.skip("plain1202 is chaotic even in float64: weights one ulp apart move torch's own eval "
                     "output by 27x its scale (measured), so no output comparison means anything; its "
                     "rules are those of plain20-110, and its round trips are bit-exact (tested above)")
-    ov = {"dropout": 0.0} if isinstance(specs.get(name), specs.VGGSpec) else {}
+    ov = training.overrides(name)
     # ImageNet nets at 64x64: at 32x32 their last BatchNorm normalises 2 values per channel
     # (batch 2, 1x1), where train mode is ill-conditioned even in float64
     size = 32 if specs.get(name).input_size == 32 else 64
     x = np.random.default_rng(0).standard_normal((2, 3, size, size))
     torch.manual_seed(0)
-    if compare.calibrates(compare.Config(name)):  # the parity check's rule: random statistics
+    if Config(name).calibrates:  # the parity check's rule: random statistics
         # would compound to 1e12 (float32: NaN) through 600 blocks
-        sd64 = compare.calibrate(torchnets.build(name), x, 0)
+        sd64 = weights.calibrate(torchnets.build(name), x, 0)
     else:
-        sd64 = compare.randomize(OrderedDict((k, v.double() if v.is_floating_point() else v) for k, v in
+        sd64 = weights.randomize(OrderedDict((k, v.double() if v.is_floating_point() else v) for k, v in
                                              torchnets.build(name, **ov).state_dict().items()), 0)
     x_nhwc = x.transpose(0, 2, 3, 1)
 
@@ -174,7 +175,7 @@ def test_converted_weights_give_the_same_outputs(name):
         return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max() / np.abs(b).max())
 
     tm = torchnets.build(name, **ov).double()
-    tm.load_state_dict(compare.perturbed(sd64, 0))
+    tm.load_state_dict(weights.perturbed(sd64, 0))
     with torch.no_grad():
         t_train_ulp = tm.train()(torch.from_numpy(x)).numpy()
     tm.load_state_dict(sd64)
@@ -183,7 +184,7 @@ def test_converted_weights_give_the_same_outputs(name):
         t_train = tm.train()(torch.from_numpy(x)).numpy()
     # Deep plain nets in train mode are ill-conditioned even in float64: weights one ulp apart move
     # torch's own output by 2.5e-8 (plain110) and 0.3 (plain1202). The twins must then agree to 3x
-    # that spread, as in parity.compare's trajectory bound; every other variant stays at 1e-10.
+    # that spread, as in parity.judgement's trajectory bound; every other variant stays at 1e-10.
     train_bound = max(1e-10, 3 * rel(t_train_ulp, t_train))
     with jax.enable_x64(True):
         jm = jaxnets.build(name, param_dtype=jnp.float64, **ov)

@@ -84,7 +84,7 @@ def test_refuses_to_write_when_the_converted_model_disagrees(resnet18_10, tmp_pa
                                 convert.Rule(leaf, nd, "batch_stats", swapped[leaf], rule.to_flax, rule.to_torch))
     sd = io.load(resnet18_10)
     g = torch.Generator().manual_seed(0)
-    for k in sd:  # statistics that differ, so the swap changes the output (as compare.randomize draws them)
+    for k in sd:  # statistics that differ, so the swap changes the output (as weights.randomize draws them)
         if k.endswith("running_mean"):
             sd[k] = 0.4 * torch.rand(sd[k].shape, generator=g) - 0.2
         elif k.endswith("running_var"):

@@ -66,7 +66,7 @@ def test_degradation_fails_when_the_float64_twins_disagree(tmp_path, monkeypatch
     # the verdict's logic only: stand-in runs whose float64 Flax epoch is 2% off
     def fake(flax_offset):
         def train(name, weights, data, epochs, *a, dtype="float32", run_epochs=None, **kw):
-            loss = 2.0 * (1 + (flax_offset if dtype == "float64" else 0.001))
+            loss = 2.0 * (1 + (flax_offset if dtype == "fp64" else 0.001))
             n = epochs if run_epochs is None else run_epochs
             return {"train_loss": [loss] * n, "train_error": [0.5] * n, "test_error": [0.5] * n}
         return train

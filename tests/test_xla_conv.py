@@ -14,7 +14,7 @@ import torch
 
 import jaxnets
 from jaxnets import layers
-from parity import bench, specs
+from parity import specs, throughput, training
 
 # one variant per family: basic, bottleneck, grouped, wide, plain, CIFAR, VGG with BN, LRN and 1x1 convs
 FAMILIES = ["resnet18", "resnet20", "vgg11", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "plain18",
@@ -25,15 +25,14 @@ REVERSED = re.compile(r"convolution\(.*rhs_reversal")
 
 def compiled(name: str, size: int, conv_impl: str) -> dict[str, str]:
     """The optimised HLO of the bench's jitted train step and inference."""
-    model = jaxnets.build(name, conv_impl=conv_impl, **bench.overrides(name))
+    model = jaxnets.build(name, conv_impl=conv_impl, **training.overrides(name))
     x = jnp.zeros((2, size, size, 3), jnp.float32)
     y = jnp.zeros((2,), jnp.int32)
     v = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
-    p, s = v["params"], v.get("batch_stats", {})
-    tx, step, infer = bench.jax_steps(model, x, y, 0.1)
-    o = jax.eval_shape(tx.init, p)
-    return {"train": jax.jit(step).lower(p, s, o).compile().as_text(),
-            "infer": jax.jit(infer).lower(p, s).compile().as_text()}
+    tx, train, infer = throughput.jax_programs(model, 0.1)
+    state = jax.eval_shape(lambda v: training.flax_state(v, tx), v)
+    return {"train": jax.jit(train).lower(state, x, y).compile().as_text(),
+            "infer": jax.jit(infer).lower(v["params"], v.get("batch_stats", {}), x).compile().as_text()}
 
 
 def reversed_convs(name: str, size: int, conv_impl: str) -> dict[str, int]:

@@ -1,0 +1,257 @@
+"""Known convention mismatches between a torch module and a Flax module, found before any number is
+compared (``parity doctor``; ``check_pair`` runs it first). Each finding names where it is.
+
+What it reads: the torch modules' attributes, the Flax submodules' attributes (intercepted while the
+module traces on the inputs), the primitives of the Flax forward pass, and the global precision
+switches. Every rule is a mismatch users have filed as "outputs differ": docs/parity.md, "Doctor".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from parity import mapping
+
+
+@dataclass(frozen=True)
+class Finding:
+    where: str  # module path (normalized) or "global"
+    kind: str  # "padding", "groups", "batchnorm", "layernorm", "groupnorm", "gelu", "avgpool", "flatten", ...
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.kind}: {self.message}"
+
+
+def _flax_modules(flax_module: Any, args: tuple, mode: Callable[[bool], dict]) -> tuple[dict[str, Any], set[str]]:
+    """(normalized path -> bound Flax submodule, primitives of the forward pass)."""
+    import flax.linen as nn
+    import jax
+
+    seen: dict[str, Any] = {}
+
+    def intercept(next_fun, a, kw, ctx):
+        if ctx.method_name == "__call__" and ctx.module.path:
+            seen.setdefault(mapping.normalize(".".join(ctx.module.path)), ctx.module)
+        return next_fun(*a, **kw)
+
+    with nn.intercept_methods(intercept):
+        variables = jax.eval_shape(lambda *x: flax_module.init(jax.random.key(0), *x, **mode(False)), *args)
+    if hasattr(flax_module, "graphdef"):  # an NNX module (parity.nnx.LinenView): its submodules' attributes
+        from flax import nnx
+
+        view = flax_module
+        root = nnx.merge(view.graphdef, view._params, view._stats, view._rest, copy=True)
+        for path, m in nnx.iter_graph(root):
+            if isinstance(m, nnx.Module) and path:
+                seen.setdefault(mapping.normalize(".".join(map(str, path))), m)
+    jaxpr = jax.make_jaxpr(lambda v, *x: flax_module.apply(v, *x, **mode(False)))(variables, *args)
+    prims: set[str] = set()
+
+    def walk(j):
+        made_by = {}
+        for e in j.eqns:
+            prims.add(e.primitive.name)
+            for v in e.outvars:
+                made_by[id(v)] = e.primitive.name
+            # a flatten of an image (4-D -> 2-D) fed by a transpose keeps torch's (C, H, W) order
+            if e.primitive.name == "reshape" and len(e.outvars[0].aval.shape) == 2 \
+                    and len(getattr(e.invars[0], "aval", None).shape) == 4:
+                prims.add("flatten_transposed" if made_by.get(id(e.invars[0])) == "transpose" else "flatten_nhwc")
+            for p in e.params.values():
+                inner = getattr(p, "jaxpr", None)
+                if inner is not None:
+                    walk(getattr(inner, "jaxpr", inner))
+
+    walk(jaxpr.jaxpr)
+    return seen, prims
+
+
+def _pairs(v: Any, n: int) -> list[tuple[int, int]]:
+    v = (v,) * n if isinstance(v, int) else tuple(v)
+    return [(p, p) if isinstance(p, int) else tuple(p) for p in v]
+
+
+def _conv(where: str, t: Any, f: Any) -> list[Finding]:
+    out = []
+    n = len(t.kernel_size)
+    strides = f.strides if f.strides is not None else 1
+    strides = (strides,) * n if isinstance(strides, int) else tuple(strides)
+    t_pad = t.padding if isinstance(t.padding, str) else _pairs(t.padding, n)
+    if isinstance(f.padding, str):
+        if f.padding.upper() == "SAME" and any(s > 1 for s in strides):
+            out.append(Finding(where, "padding", f"Flax pads 'SAME' on a stride-{max(strides)} conv: it puts the "
+                               f"extra row at the end (asymmetric), torch pads {t.padding} on both sides"))
+        elif f.padding.upper() == "SAME" and t_pad not in ("same", [((k - 1) // 2, k // 2) for k in t.kernel_size]):
+            out.append(Finding(where, "padding", f"Flax pads 'SAME', torch pads {t.padding}"))
+        elif f.padding.upper() == "VALID" and t_pad not in ("valid", [(0, 0)] * n):
+            out.append(Finding(where, "padding", f"Flax pads 'VALID', torch pads {t.padding}"))
+    elif not isinstance(t_pad, str):
+        f_pad = _pairs(f.padding, n)
+        if any(lo != hi for lo, hi in f_pad):
+            out.append(Finding(where, "padding", f"Flax pads asymmetrically {f_pad}, torch pads {t.padding} on "
+                               "both sides"))
+        elif f_pad != t_pad:
+            out.append(Finding(where, "padding", f"Flax pads {f_pad}, torch {t.padding}"))
+    if tuple(strides) != tuple(t.stride):
+        out.append(Finding(where, "stride", f"Flax strides {tuple(strides)}, torch {tuple(t.stride)}"))
+    if f.feature_group_count != t.groups:
+        out.append(Finding(where, "groups", f"Flax feature_group_count={f.feature_group_count}, torch "
+                           f"groups={t.groups}" + (" (depthwise)" if t.groups == t.in_channels else "")))
+    return out
+
+
+def _stock_batchnorm(f: Any) -> bool:
+    """Flax's own BatchNorm (Linen or NNX): Flax's momentum convention and a biased running variance."""
+    import flax.linen as nn
+    from flax import nnx
+
+    return type(f) in (nn.BatchNorm, nnx.BatchNorm)
+
+
+def _batchnorm(where: str, t: Any, f: Any) -> list[Finding]:
+    out = []
+    if t.momentum is None:
+        out.append(Finding(where, "batchnorm", "torch momentum=None (a cumulative average) has no Flax equivalent"))
+    elif _stock_batchnorm(f) and not np.isclose(f.momentum, 1 - t.momentum):
+        out.append(Finding(where, "batchnorm", f"momentum: torch {t.momentum} weighs the new batch, Flax "
+                           f"{f.momentum} weighs the old average; the same update is Flax momentum={1 - t.momentum:g}"))
+    if hasattr(f, "epsilon") and not np.isclose(f.epsilon, t.eps):
+        out.append(Finding(where, "batchnorm", f"epsilon: torch {t.eps:g}, Flax {f.epsilon:g}"))
+    if _stock_batchnorm(f):
+        out.append(Finding(where, "batchnorm", "Flax's BatchNorm keeps the biased batch variance as its running "
+                           "variance; torch keeps the unbiased one (x n/(n-1)): running statistics differ in train "
+                           "mode"))
+    return out
+
+
+def _norm(where: str, kind: str, t: Any, f: Any) -> list[Finding]:
+    out = []
+    if hasattr(f, "epsilon") and not np.isclose(f.epsilon, t.eps):
+        out.append(Finding(where, kind, f"epsilon: torch {t.eps:g}, Flax {f.epsilon:g}"
+                           + (" (Flax's default is 1e-6, torch's 1e-5)" if np.isclose(f.epsilon, 1e-6) else "")))
+    if kind == "groupnorm" and getattr(f, "num_groups", t.num_groups) != t.num_groups:
+        out.append(Finding(where, kind, f"num_groups: torch {t.num_groups}, Flax {f.num_groups}"))
+    return out
+
+
+def diagnose(torch_module: Any, flax_module: Any, torch_args: tuple, flax_args: tuple,
+             mode: Callable[[bool], dict], images: bool = True) -> list[Finding]:
+    """Every known convention mismatch between the two modules (see the module docstring)."""
+    import torch
+
+    findings: list[Finding] = []
+    flax_mods, prims = _flax_modules(flax_module, flax_args, mode)
+    torch_mods = {mapping.normalize(n): m for n, m in torch_module.named_modules() if n}
+    for where, t in torch_mods.items():
+        f = flax_mods.get(where)
+        kind = type(t).__name__
+        if f is not None and kind.startswith("Conv") and hasattr(f, "padding"):
+            findings += _conv(where, t, f)
+        elif f is not None and kind.startswith("BatchNorm"):
+            findings += _batchnorm(where, t, f)
+        elif f is not None and kind == "LayerNorm":
+            findings += _norm(where, "layernorm", t, f)
+        elif f is not None and kind == "GroupNorm":
+            findings += _norm(where, "groupnorm", t, f)
+        if isinstance(t, torch.nn.GELU):
+            if t.approximate == "none" and "tanh" in prims and "erf" not in prims:
+                findings.append(Finding(where, "gelu", "torch's GELU is exact (erf); the Flax forward pass uses the "
+                                        "tanh approximation (flax.linen.gelu's default approximate=True)"))
+            elif t.approximate == "tanh" and "erf" in prims and "tanh" not in prims:
+                findings.append(Finding(where, "gelu", "torch's GELU is the tanh approximation; Flax's is exact"))
+        if isinstance(t, (torch.nn.AvgPool1d, torch.nn.AvgPool2d, torch.nn.AvgPool3d)) and np.any(t.padding):
+            findings.append(Finding(where, "avgpool", f"torch pads and count_include_pad={t.count_include_pad}: "
+                                    "check that Flax's avg_pool uses the same count_include_pad"))
+        if isinstance(t, torch.nn.Dropout) and t.p > 0:
+            findings.append(Finding(where, "dropout", f"p={t.p}: the frameworks cannot draw the same masks; "
+                                    "train-mode quantities will differ (set p=0 for the check)"))
+    findings += _flatten(torch_module, torch_args, prims, images)
+    findings += _precision()
+    return findings
+
+
+def _flatten(torch_module: Any, torch_args: tuple, prims: set[str], images: bool) -> list[Finding]:
+    """torch flattens (C, H, W); an NHWC array flattens (H, W, C). Flagged where torch flattens a
+    map larger than 1x1 and the Flax forward pass flattens an image it did not transpose."""
+    import torch
+
+    if not images or "flatten_nhwc" not in prims:
+        return []
+    shapes: dict[str, tuple] = {}
+    def hook(name: str) -> Callable:
+        def record(_m, i, _o) -> None:  # returns None: a forward hook's return value replaces the output
+            shapes.setdefault(name, tuple(i[0].shape))
+        return record
+
+    hooks = [m.register_forward_hook(hook(n)) for n, m in torch_module.named_modules()
+             if isinstance(m, torch.nn.Flatten)]
+    try:
+        with torch.no_grad():
+            torch_module.eval()(*torch_args)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [Finding(mapping.normalize(n), "flatten", f"torch flattens a {s[1]}x{s[2]}x{s[3]} (C, H, W) map; an NHWC "
+                    "array flattens (H, W, C): the next Linear's rows are in another order unless the Flax side "
+                    "transposes to (C, H, W) first")
+            for n, s in shapes.items() if len(s) == 4 and s[2] * s[3] > 1]
+
+
+def _precision() -> list[Finding]:
+    import jax
+    import torch
+
+    out = []
+    if torch.get_float32_matmul_precision() != "highest":
+        out.append(Finding("global", "precision", f"torch float32 matmul precision is "
+                           f"{torch.get_float32_matmul_precision()!r} (TF32 or bfloat16 passes on GPU)"))
+    if torch.backends.cuda.matmul.allow_tf32 or (torch.cuda.is_available() and torch.backends.cudnn.allow_tf32):
+        out.append(Finding("global", "precision", "torch allows TF32 (torch.backends.cuda.matmul.allow_tf32 or "
+                           "cudnn.allow_tf32): 10-bit mantissas on Ampere and later GPUs"))
+    jp = jax.config.jax_default_matmul_precision
+    if jp not in (None, "highest", "float32"):
+        out.append(Finding("global", "precision", f"jax_default_matmul_precision={jp!r}"))
+    return out
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _load(spec: str) -> Any:
+    """``package.module:name`` -> ``name()`` (a class or a factory taking no arguments)."""
+    import importlib
+    import sys
+
+    if ":" not in spec:
+        raise SystemExit(f"error: expected MODULE:NAME (e.g. examples.convnet:TorchConvNet), got {spec!r}")
+    module, name = spec.split(":", 1)
+    sys.path.insert(0, ".")
+    try:
+        return getattr(importlib.import_module(module), name)()
+    except (ImportError, AttributeError) as e:
+        raise SystemExit(f"error: cannot load {spec}: {e}") from e
+
+
+def run(args: Any) -> int:
+    """``parity doctor``: the findings for two modules on one random batch; exit 1 when there are any."""
+    import jax.numpy as jnp
+    import torch
+
+    from parity import pairs
+
+    t, f = _load(args.torch), _load(args.flax)
+    shape = tuple(int(s) for s in args.input_shape.split(","))
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, args.tokens, shape) if args.tokens else rng.standard_normal(shape)
+    images = not args.no_images and x.ndim in (4, 5) and not args.tokens
+    fx = np.moveaxis(x, 1, -1) if images else x
+    findings = diagnose(t.double(), f, (torch.from_numpy(x),), (jnp.asarray(fx),), pairs.flax_mode(f), images)
+    for finding in findings:
+        print(finding)
+    print(f"{len(findings)} finding(s)" if findings else "no known convention mismatch found")
+    return 1 if findings else 0

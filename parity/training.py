@@ -1,0 +1,329 @@
+"""Training both twins: one set of weights, one optimizer mapping, one train and eval step per framework.
+
+``check``, ``bench`` and ``experiment`` train through this module; no other module defines a train
+step. Every step computes the same loss (softmax cross-entropy, at least in float32) on the same
+batch; the Flax step is a pure function of an explicit state, the torch step updates its module
+and optimizer in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from parity import specs
+
+# Working dtypes: bf16 keeps float32 weights and computes in bfloat16 (torch autocast, Flax dtype=).
+DTYPES = ("fp64", "fp32", "bf16")
+
+
+def overrides(name: str, **extra: Any) -> dict:
+    """Model overrides for running both twins on the same work: VGG's dropout off, because the
+    frameworks' RNGs cannot draw the same masks."""
+    off = {"dropout": 0.0} if isinstance(specs.get(name), specs.VGGSpec) else {}  # unknown names raise here
+    return {**extra, **off}
+
+
+def _dtype(dtype: str) -> str:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    return dtype
+
+
+def nhwc(a: np.ndarray) -> np.ndarray:
+    """torch's NCHW batch as Flax's NHWC (other ranks unchanged)."""
+    return a.transpose(0, 2, 3, 1) if np.ndim(a) == 4 else a
+
+
+def nchw(a: np.ndarray) -> np.ndarray:
+    """Flax's NHWC batch as torch's NCHW (other ranks unchanged)."""
+    return a.transpose(0, 3, 1, 2) if np.ndim(a) == 4 else a
+
+
+# --------------------------------------------------------------------------- optimizers
+
+
+@dataclass(frozen=True)
+class SGD:
+    """torch.optim.SGD's update: buf = momentum * buf + (g + weight_decay * p); p -= lr * buf."""
+
+    lr: float
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class AdamW:
+    """torch.optim.AdamW: decoupled weight decay p -= lr * weight_decay * p, bias-corrected moments."""
+
+    lr: float = 1e-3
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 1e-2
+
+
+Optimizer = SGD | AdamW
+
+
+def _sgd_chain(learning_rate, momentum, nesterov, weight_decay):
+    import optax
+
+    # torch adds the weight decay to the gradient before the momentum buffer, as this chain does
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov))
+
+
+def optax_optimizer(opt: Optimizer) -> Any:
+    """The optax transformation that updates as torch's optimizer does. The learning rate is state
+    (``optax.inject_hyperparams``, in the parameters' dtype) so that schedules set it (``set_lr``)."""
+    import optax
+
+    if isinstance(opt, SGD):
+        return optax.inject_hyperparams(_sgd_chain, static_args=("momentum", "nesterov", "weight_decay"))(
+            learning_rate=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay)
+    if isinstance(opt, AdamW):
+        return optax.inject_hyperparams(optax.adamw, static_args=("b1", "b2", "eps", "weight_decay"))(
+            learning_rate=opt.lr, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay)
+    raise TypeError(f"optimizer must be training.SGD or training.AdamW, got {type(opt).__name__}")
+
+
+def torch_optimizer(opt: Optimizer, params: Any) -> Any:
+    """torch's own optimizer for ``opt``."""
+    import torch
+
+    if isinstance(opt, SGD):
+        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov,
+                               weight_decay=opt.weight_decay)
+    if isinstance(opt, AdamW):
+        return torch.optim.AdamW(params, lr=opt.lr, betas=(opt.b1, opt.b2), eps=opt.eps,
+                                 weight_decay=opt.weight_decay)
+    raise TypeError(f"optimizer must be training.SGD or training.AdamW, got {type(opt).__name__}")
+
+
+# --------------------------------------------------------------------------- torch
+
+
+def torch_model(name: str, weights: Mapping[str, Any], dtype: str = "fp32", device: str = "cpu",
+                channels_last: bool = False, **model_overrides: Any) -> Any:
+    """torchnets' ``name`` holding ``weights`` in the working dtype's parameter dtype, on ``device``."""
+    import torch
+
+    import torchnets
+
+    pdtype = torch.float64 if _dtype(dtype) == "fp64" else torch.float32
+    m = torchnets.build(name, **model_overrides).to(dtype=pdtype)
+    m.load_state_dict(weights)  # after the cast: loading first would round float64 weights
+    dev = torch.device("cuda" if device == "gpu" else "cpu")
+    return m.to(dev, memory_format=torch.channels_last) if channels_last else m.to(dev)
+
+
+def torch_inputs(x: np.ndarray, dtype: str, device: str = "cpu", channels_last: bool = False) -> Any:
+    """An NCHW numpy batch as a torch tensor in the parameter dtype of ``dtype``."""
+    import torch
+
+    t = torch.from_numpy(np.asarray(x)).to(torch.device("cuda" if device == "gpu" else "cpu"),
+                                           torch.float64 if _dtype(dtype) == "fp64" else torch.float32)
+    return t.contiguous(memory_format=torch.channels_last) if channels_last and t.ndim == 4 else t
+
+
+def _autocast(model: Any, dtype: str) -> Any:
+    import torch
+
+    if dtype != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
+
+
+def _torch_loss(logits: Any, labels: Any) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    # at least float32, as under autocast and in the Flax loss
+    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels)
+
+
+def probe_loss_torch(out: Any, target: Any) -> Any:
+    """sum(output * target) over every output: with a fixed random target, a loss whose gradient
+    reaches every output element (for models without labels)."""
+    import torch
+
+    outs = out if isinstance(out, (tuple, list)) else [out]
+    targets = target if isinstance(target, (tuple, list)) else [target] * len(outs)
+    return sum((o.to(torch.promote_types(o.dtype, torch.float32)) * t).sum() for o, t in zip(outs, targets,
+                                                                                               strict=True))
+
+
+def torch_train_step(model: Any, opt: Any, x: Any, labels: Any, dtype: str = "fp32",
+                     before_update: Callable[[], None] | None = None,
+                     loss: Callable[[Any, Any], Any] | None = None) -> tuple[Any, Any]:
+    """One optimizer step on (x, labels): (loss, outputs) of the forward pass before the update.
+    ``x`` may be a tuple of the model's arguments; ``loss(outputs, labels)`` defaults to cross-entropy.
+    ``before_update`` runs between backward and the update: the place to read ``p.grad``, which
+    torch's SGD may change in place (Nesterov without weight decay)."""
+    with _autocast(model, dtype):
+        out = model(*x) if isinstance(x, tuple) else model(x)
+    value = (loss or _torch_loss)(out, labels)
+    opt.zero_grad(set_to_none=True)
+    value.backward()
+    if before_update is not None:
+        before_update()
+    opt.step()
+    return value, out
+
+
+def torch_eval_step(model: Any, x: Any, dtype: str = "fp32") -> Any:
+    """Inference-mode logits (running statistics, no gradient)."""
+    import torch
+
+    with torch.no_grad(), _autocast(model, dtype):
+        return model(*x) if isinstance(x, tuple) else model(x)
+
+
+def set_torch_lr(opt: Any, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+# --------------------------------------------------------------------------- Flax
+
+
+class FlaxState(NamedTuple):
+    """What a Flax train step carries from step to step."""
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+class FlaxStep(NamedTuple):
+    """What one Flax train step computed besides the new state (before the update)."""
+
+    loss: Any
+    logits: Any  # the model's outputs
+    grads: Any
+    input_grad: Any  # None unless asked for
+
+
+def flax_model(name: str, dtype: str = "fp32", conv_impl: str = "auto", **model_overrides: Any) -> Any:
+    """jaxnets' ``name`` with the working dtype's parameter and compute dtypes."""
+    import jax.numpy as jnp
+
+    import jaxnets
+
+    _dtype(dtype)
+    return jaxnets.build(name, dtype=jnp.bfloat16 if dtype == "bf16" else None,
+                         param_dtype=jnp.float64 if dtype == "fp64" else jnp.float32, conv_impl=conv_impl,
+                         **model_overrides)
+
+
+def flax_variables(name: str, weights: Mapping[str, Any], dtype: str = "fp32", device: Any = None,
+                   **model_overrides: Any) -> dict:
+    """torch ``weights`` as the Flax twin's variables (through the converter), floats in the
+    parameter dtype of ``dtype``, on ``device`` (a jax device; default: the default one)."""
+    import jax
+    import jax.numpy as jnp
+
+    from parity import convert
+
+    pdtype = jnp.float64 if _dtype(dtype) == "fp64" else jnp.float32
+    variables = convert.torch_to_flax(weights, name, **model_overrides)
+    variables = jax.tree_util.tree_map(
+        lambda a: jnp.asarray(a, pdtype) if jnp.issubdtype(a.dtype, jnp.floating) else jnp.asarray(a), variables)
+    return jax.device_put(variables, device) if device is not None else variables
+
+
+def flax_inputs(x: np.ndarray, dtype: str = "fp32", device: Any = None) -> Any:
+    """An NCHW numpy batch as Flax's NHWC array in the parameter dtype of ``dtype``."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.asarray(nhwc(np.asarray(x)), jnp.float64 if _dtype(dtype) == "fp64" else jnp.float32)
+    return jax.device_put(a, device) if device is not None else a
+
+
+def flax_state(variables: Mapping[str, Any], tx: Any) -> FlaxState:
+    params = variables["params"]
+    return FlaxState(params, variables.get("batch_stats", {}), tx.init(params))
+
+
+def _flax_loss(logits: Any, labels: Any) -> Any:
+    import jax.numpy as jnp
+    import optax
+
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), labels).mean()
+
+
+def probe_loss_flax(out: Any, target: Any) -> Any:
+    """``probe_loss_torch`` for Flax outputs."""
+    import jax.numpy as jnp
+
+    outs = out if isinstance(out, (tuple, list)) else [out]
+    targets = target if isinstance(target, (tuple, list)) else [target] * len(outs)
+    return sum((o.astype(jnp.promote_types(o.dtype, jnp.float32)) * t).sum() for o, t in zip(outs, targets,
+                                                                                                strict=True))
+
+
+def _train_flag(train: bool) -> dict:
+    return {"train": train}
+
+
+def flax_train_step(model: Any, tx: Any, input_grad: bool = False, loss: Callable[[Any, Any], Any] | None = None,
+                    mode: Callable[[bool], dict] = _train_flag,
+                    across: Callable[[Any, Any, Any], tuple[Any, Any, Any]] | None = None
+                    ) -> Callable[[FlaxState, Any, Any], tuple[FlaxState, FlaxStep]]:
+    """``step(state, x, labels) -> (new state, FlaxStep)``, pure: jit it as the caller needs. ``x`` may
+    be a tuple of the model's arguments; ``loss(outputs, labels)`` defaults to cross-entropy;
+    ``mode(train)`` gives the keyword arguments that put the module in train or eval mode. The input
+    gradient costs a backward-data pass of the first layer, so it is computed only when asked.
+    ``across(loss, grads, batch_stats)`` combines data-parallel replicas before the update
+    (parity.dataparallel)."""
+    import jax
+    import optax
+
+    def loss_fn(params, stats, x, labels):
+        args = x if isinstance(x, tuple) else (x,)
+        out, upd = model.apply({"params": params, "batch_stats": stats}, *args, **mode(True), mutable=["batch_stats"])
+        return (loss or _flax_loss)(out, labels), (out, upd.get("batch_stats", {}))
+
+    def step(state: FlaxState, x, labels) -> tuple[FlaxState, FlaxStep]:
+        argnums = (0, 2) if input_grad else 0
+        (value, (out, stats)), g = jax.value_and_grad(loss_fn, argnums, has_aux=True)(
+            state.params, state.batch_stats, x, labels)
+        g, gx = g if input_grad else (g, None)
+        if across is not None:
+            value, g, stats = across(value, g, stats)
+        updates, opt_state = tx.update(g, state.opt_state, state.params)
+        return FlaxState(optax.apply_updates(state.params, updates), stats, opt_state), FlaxStep(value, out, g, gx)
+
+    return step
+
+
+def flax_eval_step(model: Any, capture: bool = False, mode: Callable[[bool], dict] = _train_flag) -> Callable[..., Any]:
+    """``eval(params, batch_stats, x) -> outputs`` with running statistics (``x`` may be a tuple of
+    arguments); with ``capture``, ``(outputs, intermediates)``: every submodule's output."""
+
+    def evaluate(params, stats, x):
+        v = {"params": params, "batch_stats": stats}
+        args = x if isinstance(x, tuple) else (x,)
+        if not capture:
+            return model.apply(v, *args, **mode(False))
+        y, inter = model.apply(v, *args, **mode(False), capture_intermediates=True, mutable=["intermediates"])
+        return y, inter["intermediates"]
+
+    return evaluate
+
+
+def set_flax_lr(state: FlaxState, lr: float) -> FlaxState:
+    """``state`` with the optimizer's learning rate set to ``lr`` (in the parameters' dtype)."""
+    import jax.numpy as jnp
+
+    hp = state.opt_state.hyperparams
+    new = dict(hp, learning_rate=jnp.asarray(lr, hp["learning_rate"].dtype))
+    return state._replace(opt_state=state.opt_state._replace(hyperparams=new))
