@@ -124,8 +124,10 @@ def register_experiment(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--lr", type=float, default=0.1)
     d.add_argument("--upscale", type=int, default=1, help="digits only: pixel-repeat factor (1: native 8x8)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--fast", action="store_true", help="8 epochs instead of 20 (about 6 min on 2 cores)")
     d.add_argument("--no-yardstick", dest="yardstick", action="store_false",
-                   help="skip the extra torch run from a 1-ulp start that measures float32 chaos")
+                   help="skip torch's band: the extra torch runs (channels_last, one thread, a 1-ulp start) "
+                   "that change only the rounding")
     d.add_argument("--no-float64", dest="float64", action="store_false",
                    help="skip the first epoch in float64 (both twins) that checks the 1%% bound")
     d.add_argument("--out", type=Path, default=Path("reports/degradation"))

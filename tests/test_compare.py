@@ -119,13 +119,16 @@ def quick(name: str, **kw) -> judgement.Result:
 @pytest.mark.parametrize("name", ["resnet50", "vgg11"])
 def test_gradients_and_optimizer_steps_of_a_bottleneck_net_and_a_vgg(name):
     """Default tier: the full check of these runs in the slow and huge tiers only, so here their
-    gradients (every parameter and the input), one SGD and one AdamW step and a one-step trajectory,
-    at 32x32, batch 2: resnet50 has bottlenecks with projection shortcuts, vgg11 max pools and the
-    flatten permutation before its classifier."""
-    r = quick(name, steps=1)
+    gradients (every parameter and the input) and one SGD step at 32x32, batch 2 (resnet50: an AdamW
+    step and a one-step trajectory too). resnet50 has bottlenecks with projection shortcuts, vgg11
+    max pools and the flatten permutation before its classifier. vgg11 stops at SGD: its 133M
+    weights in float64 are 1 GB per quantity, and AdamW's trajectory quantities took the default
+    tier past this machine's 24 GB."""
+    r = quick(name, steps=1 if name == "resnet50" else 0)
     assert r.ok, r.failures()
-    assert {"grads", "input_grad", "sgd_step1", "adamw_step1", "sgd_final", "adamw_final"} <= \
-        {v.quantity for v in r.verdicts}
+    want = {"grads", "input_grad", "sgd_step1"} | ({"adamw_step1", "sgd_final", "adamw_final"}
+                                                   if name == "resnet50" else set())
+    assert want <= {v.quantity for v in r.verdicts}
 
 
 def _swap_mean_var(monkeypatch):

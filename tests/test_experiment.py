@@ -81,6 +81,59 @@ def test_degradation_fails_when_the_float64_twins_disagree(tmp_path, monkeypatch
     assert main(["experiment", "degradation", "--nets", "resnet20", "--epochs", "2", "--out", str(tmp_path)]) == 0
 
 
+def test_band_and_outside_arithmetic():
+    runs = [{"train_loss": [1.0, 0.5], "test_error": [0.5, 0.2]}, {"train_loss": [1.2, 0.4], "test_error": [0.4, 0.2]}]
+    assert experiment.band(runs, "train_loss") == ([1.0, 0.4], [1.2, 0.5])
+    # 1.5 is 0.3 above a band 0.2 wide: 1.5 widths; inside is 0
+    assert experiment.outside([1.5, 0.45], [1.0, 0.4], [1.2, 0.5], "train_loss") == pytest.approx([1.5, 0.0])
+    # a band of identical curves has the floor as its width: 2 points of test error
+    assert experiment.outside([0.23], [0.2], [0.2], "test_error") == pytest.approx([1.5])
+    v = experiment.band_verdict({"train_loss": [1.1, 0.45], "test_error": [0.9, 0.9]}, runs)
+    assert v["train_loss"]["ok"] and not v["test_error"]["ok"] and v["test_error"]["fraction"] == 1.0
+
+
+def test_rounding_variants_switch_only_what_they_name():
+    import torch
+
+    threads = torch.get_num_threads()
+    with experiment.rounding("oneDNN off"):
+        assert not torch.backends.mkldnn.enabled
+    assert torch.backends.mkldnn.enabled
+    with experiment.rounding("1 thread"):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == threads
+    with pytest.raises(ValueError, match="variant must be one of"):
+        experiment.rounding("fast math").__enter__()
+
+
+def test_degradation_fails_when_flax_leaves_torchs_band(tmp_path, monkeypatch, capsys):
+    """The band verdict's logic on stand-in runs: torch's variants spread by 1%; a Flax test error
+    inside the band passes, one 10 points above it in every epoch fails (what a stale running
+    statistic does to eval mode)."""
+    variant = {"v": 0}
+
+    def torch_run(name, weights, data, epochs, *a, dtype="fp32", run_epochs=None, **kw):
+        n = epochs if run_epochs is None else run_epochs
+        variant["v"] += 1
+        d = 0.01 * (variant["v"] % 4)
+        return {"train_loss": [2.0 + d] * n, "train_error": [0.5 + d] * n, "test_error": [0.5 + d] * n}
+
+    def flax_run(offset):
+        def run(name, weights, data, epochs, *a, dtype="fp32", run_epochs=None, **kw):
+            n = epochs if run_epochs is None else run_epochs
+            return {"train_loss": [2.01] * n, "train_error": [0.51] * n, "test_error": [0.51 + offset] * n}
+        return run
+
+    monkeypatch.setattr(experiment, "train_torch", torch_run)
+    monkeypatch.setattr(experiment, "train_flax", flax_run(0.0))
+    args = ["experiment", "degradation", "--nets", "resnet20", "--epochs", "3", "--no-float64", "--out", str(tmp_path)]
+    assert main(args) == 0
+    monkeypatch.setattr(experiment, "train_flax", flax_run(0.10))
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "leave torch's band: FAIL: resnet20" in out and "0/3, 3/3" in out
+
+
 def test_receptive_field_table(capsys):
     assert main(["experiment", "receptive-field", "--channels", "8", "--size", "8"]) == 0
     out = capsys.readouterr().out
