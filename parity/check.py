@@ -141,8 +141,7 @@ def check_pair(torch_module: Any, flax_module: Any, inputs: Any, *, steps: int =
     except Exception as e:
         raise ValueError(f"the torch module rejects inputs of shapes {[tuple(a.shape) for a in arrays]}: "
                          f"{type(e).__name__}: {e}") from e
-    flax_args = tuple(np.moveaxis(a, 1, -1) if images and a.ndim in (4, 5) and np.issubdtype(a.dtype, np.floating)
-                      else a for a in arrays)
+    flax_args = pairs.flax_args(arrays, images)
     try:
         with jax_precision(precision, False):
             findings = doctor.diagnose(ref, flax_module, targs, flax_args, mode or pairs.flax_mode(flax_module),

@@ -54,6 +54,12 @@ class Pair:
         return moved if moved.shape == want else a
 
 
+def flax_args(inputs: tuple[np.ndarray, ...], images: bool) -> tuple[np.ndarray, ...]:
+    """Torch-layout inputs as the Flax side takes them: 4-D and 5-D float arrays channels-last."""
+    return tuple(np.moveaxis(a, 1, -1) if images and a.ndim in (4, 5) and np.issubdtype(a.dtype, np.floating)
+                 else a for a in inputs)
+
+
 def twin(cfg: Config) -> Pair:
     """The built-in twins of ``cfg.name``."""
     ov = cfg.model_overrides
@@ -116,15 +122,15 @@ def modules(torch_module: Any, flax_module: Any, inputs: tuple[np.ndarray, ...],
     mode = mode or flax_mode(flax_module)
     pair = Pair(name, None, None, None, None, set(), set(), images=images, flax_mode=mode, loss="probe",  # type: ignore[arg-type]
                 input_names=tuple(f"input{i}" if len(inputs) > 1 else "x" for i in range(len(inputs))))
-    flax_args = tuple(pair.flax_layout(a) if np.issubdtype(a.dtype, np.floating) else a for a in inputs)
+    fargs = flax_args(inputs, images)
     try:
-        shapes = jax.eval_shape(lambda *a: flax_module.init(jax.random.key(0), *a, **mode(False)), *flax_args)
+        shapes = jax.eval_shape(lambda *a: flax_module.init(jax.random.key(0), *a, **mode(False)), *fargs)
     except Exception as e:
-        raise ValueError(f"the Flax module rejects inputs of shapes {[a.shape for a in flax_args]} "
+        raise ValueError(f"the Flax module rejects inputs of shapes {[a.shape for a in fargs]} "
                          f"({'NHWC' if images else 'as given'}): {type(e).__name__}: {e}") from e
     shapes = {k: v for k, v in shapes.items() if k != "intermediates"}
     _, inter = jax.eval_shape(lambda v, *a: flax_module.apply(v, *a, **mode(False), capture_intermediates=True,
-                                                              mutable=["intermediates"]), shapes, *flax_args)
+                                                              mutable=["intermediates"]), shapes, *fargs)
     layer_shapes = {mapping.normalize(".".join(p[:-1])): tuple(v[0].shape)
                     for p, v in mapping.flatten(inter["intermediates"]).items()
                     if p[-1] == "__call__" and len(p) > 1 and hasattr(v[0], "shape")}

@@ -231,10 +231,10 @@ def flax_runner(pair: Pair, cfg: Config, dtype: str, device: str) -> Callable[[M
                 losses.append(float(out.loss))
                 if first:
                     yield "train", outputs(out.logits)
-                    yield "stats", {k: v for k, v in pair.to_torch({"batch_stats": state.batch_stats}).items()
-                                    if k in pair.stat_keys}
-                    yield "counters", ({k: int(v) for k, v in pair.to_torch({"batch_stats": state.batch_stats}).items()
-                                        if "num_batches" in k} if pair.counters else {})
+                    stats = pair.to_torch({"batch_stats": state.batch_stats})
+                    yield "stats", {k: v for k, v in stats.items() if k in pair.stat_keys}
+                    yield "counters", ({k: int(v) for k, v in stats.items() if "num_batches" in k}
+                                       if pair.counters else {})
                     yield "input_grad", ({n: np64(g) for n, g in zip(pair.input_names, out.input_grad, strict=True)}
                                          if out.input_grad is not None else {})
                     yield "grads", {k: v for k, v in pair.to_torch({"params": out.grads}).items()
