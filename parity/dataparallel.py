@@ -63,7 +63,7 @@ def replicate(tree: Any, mesh: Any) -> Any:
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
-def jax_global_step(model: Any, tx: Any, mesh: Any) -> Callable:
+def jax_global_step(model: Any, tx: Any, mesh: Any, donate: bool = False) -> Callable:
     """``step(state, x, labels) -> (state, loss, logits)`` with global BatchNorm statistics."""
     import jax
     from jax.sharding import NamedSharding, PartitionSpec
@@ -75,7 +75,8 @@ def jax_global_step(model: Any, tx: Any, mesh: Any) -> Callable:
         state, out = step(state, x, labels)
         return state, out.loss, out.logits
 
-    return jax.jit(run, in_shardings=(rep, data, data), out_shardings=(rep, rep, data))
+    return jax.jit(run, in_shardings=(rep, data, data), out_shardings=(rep, rep, data),
+                   donate_argnums=0 if donate else ())
 
 
 def _replica_0(tree: Any) -> Any:
@@ -122,12 +123,14 @@ def jax_train(name: str, weights: Mapping[str, Any], batches: list, opt: trainin
         model = training.flax_model(name, dtype, **ov)
         tx = training.optax_optimizer(opt)
         state = training.flax_state(training.flax_variables(name, weights, dtype, **ov), tx)
+        # the state is donated: one copy of the parameters and optimizer state per device, not two
+        # (vgg11_bn in float64: 2.1 GB each)
         if mode == "single":
-            step, put, state = jax.jit(lambda s, x, y: _out(training.flax_train_step(model, tx)(s, x, y))), \
-                (lambda a: a), state
+            step = jax.jit(lambda s, x, y: _out(training.flax_train_step(model, tx)(s, x, y)), donate_argnums=0)
+            put = lambda a: a  # noqa: E731
         else:
             mesh = jax_mesh(devices)
-            step = (jax_global_step if mode == "global" else jax_replica_step)(model, tx, mesh)
+            step = (jax_global_step if mode == "global" else jax_replica_step)(model, tx, mesh, donate=True)
             put, state = (lambda a: shard(a, mesh)), replicate(state, mesh)
         losses, out = [], {}
         for i, (x, y) in enumerate(batches):
@@ -305,8 +308,24 @@ def _ddp_worker(rank: int, job: DDPJob) -> None:
             tmp = Path(job.out).with_suffix(".tmp")
             torch.save(out, tmp)
             os.replace(tmp, job.out)  # one process writes, atomically
+        del ddp, opt
+        finish_ranks()
     finally:
         dist.destroy_process_group()
+
+
+def finish_ranks() -> None:
+    """The end of a rank's work: every rank waits for the others (no rank tears the process group
+    down under one still in a collective), and DDP objects left in reference cycles are freed now,
+    while their process group exists, not at interpreter exit. A bench rank once died with SIGABRT
+    ("terminate called without an active exception") at its end without these (not reproduced in
+    22 tries since; CHANGELOG)."""
+    import gc
+
+    import torch.distributed as dist
+
+    dist.barrier()
+    gc.collect()
 
 
 def launch(fn: Callable, job: Any, world: int, timeout_s: float, what: str) -> None:
@@ -451,38 +470,44 @@ def check(name: str, devices: int = 2, batch: int = 4, size: int | None = None, 
 
     cfg = Config(name, batch=devices * batch, size=size, steps=steps, seed=seed)
     w64 = initial_weights(cfg)
-    w32 = OrderedDict((k, v.float() if v.is_floating_point() else v) for k, v in w64.items())
     batches = make_batches(cfg)
     opt = training.SGD(**cfg.sgd)
-    runs = {
-        "jax one device": jax_train(name, w64, batches, opt, "fp64", "single", 1),
-        "jax global": jax_train(name, w64, batches, opt, "fp64", "global", devices),
-        "jax per-replica": jax_train(name, w64, batches, opt, "fp64", "replica", devices),
-        "torch DDP": torch_ddp(name, w64, batches, opt, "fp64", devices, timeout_s),
-        "torch one process, shards": torch_replica_reference(name, w64, batches, opt, "fp64", devices),
-    }
     tol = cfg.tolerance
 
-    def structure(a: str, b: str) -> Comparison:
-        errs = {q: max(statistics.struct_errors(runs[a][q], runs[b][q]).values()) for q in QUANTITIES}
+    def structure(a: str, run_a: dict, b: str, run_b: dict) -> Comparison:
+        errs = {q: max(statistics.struct_errors(run_a[q], run_b[q]).values()) for q in QUANTITIES}
         return Comparison(a, b, "structure", errs, dict.fromkeys(QUANTITIES, STRUCT_RTOL))
 
-    out = [structure("jax global", "jax one device"), structure("jax per-replica", "torch DDP"),
-           structure("torch DDP", "torch one process, shards")]
+    # each run is compared as soon as its reference exists and then dropped: vgg11_bn's parameters
+    # and statistics after step 1 and at the end are 2 GB per run in float64
+    one = jax_train(name, w64, batches, opt, "fp64", "single", 1)
+    out = [structure("jax global", jax_train(name, w64, batches, opt, "fp64", "global", devices),
+                     "jax one device", one)]
+    multi = []
     if processes > 1:
         what = f"jax.distributed global, {processes} processes"
-        runs[what] = jax_multiprocess(name, w64, batches, opt, "fp64", processes, "global", timeout_s)
-        out.append(structure(what, "jax one device"))
-    ref = runs["torch DDP"]
+        multi.append(structure(what, jax_multiprocess(name, w64, batches, opt, "fp64", processes, "global", timeout_s),
+                               "jax one device", one))
+    del one
+    ref = torch_ddp(name, w64, batches, opt, "fp64", devices, timeout_s)
+    out.append(structure("jax per-replica", jax_train(name, w64, batches, opt, "fp64", "replica", devices),
+                         "torch DDP", ref))
+    out.append(structure("torch DDP", ref, "torch one process, shards",
+                         torch_replica_reference(name, w64, batches, opt, "fp64", devices)))
+    out += multi
+    w32 = OrderedDict((k, v.float() if v.is_floating_point() else v) for k, v in w64.items())
+    del w64
     f_d: dict[str, list[float]] = {q: [] for q in QUANTITIES}
     t_d: dict[str, list[float]] = {q: [] for q in QUANTITIES}
+
+    def distances(into: dict[str, list[float]], run: dict) -> None:
+        for q in QUANTITIES:
+            into[q].append(statistics.distance(run[q], ref[q]))
+
     for i in range(samples):
         w = w32 if i == 0 else perturbed(w32, i)
-        f32 = jax_train(name, w, batches, opt, "fp32", "replica", devices)
-        t32 = torch_ddp(name, w, batches, opt, "fp32", devices, timeout_s)
-        for q in QUANTITIES:
-            f_d[q].append(statistics.distance(f32[q], ref[q]))
-            t_d[q].append(statistics.distance(t32[q], ref[q]))
+        distances(f_d, jax_train(name, w, batches, opt, "fp32", "replica", devices))
+        distances(t_d, torch_ddp(name, w, batches, opt, "fp32", devices, timeout_s))
     med = {q: float(np.median(f_d[q])) for q in QUANTITIES}
     out.append(Comparison("jax per-replica fp32", "torch DDP fp64", "precision", med,
                           {q: tol.factor * float(np.median(t_d[q])) + tol.floor for q in QUANTITIES}))

@@ -323,6 +323,7 @@ def _bench_rank(rank: int, r: _Ranks) -> None:
             tmp = r.out + ".tmp"
             Path(tmp).write_text(json.dumps(asdict(m)))
             os.replace(tmp, r.out)
+        dataparallel.finish_ranks()
     finally:
         dist.destroy_process_group()
 

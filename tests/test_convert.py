@@ -27,11 +27,13 @@ def assert_bits_equal(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
-def name_dtype(dtypes, heavy_dtype):
-    """Light variants in every dtype; heavy ones (slow) in ``heavy_dtype`` only, to bound CI time."""
+def name_dtype(dtypes, heavy_dtype, heavy_mark=None):
+    """Light variants in every dtype; heavy ones (slow, or ``heavy_mark``) in ``heavy_dtype`` only,
+    to bound CI time."""
     out = []
     for v in variants():
         name, marks = getattr(v, "values", [v])[0], getattr(v, "marks", ())
+        marks = (heavy_mark,) if marks and heavy_mark else marks
         out += [pytest.param(name, dt, marks=marks) for dt in dtypes if not marks or dt == heavy_dtype]
     return out
 
@@ -42,7 +44,8 @@ def test_torch_flax_torch_is_bit_exact(name, dtype):
     assert_bits_equal(sd, convert.flax_to_torch(convert.torch_to_flax(sd, name), name))
 
 
-@pytest.mark.parametrize("name,dtype", name_dtype([np.float32, np.float64], np.float64))
+# heavy variants: huge (170 s of float64 copies in CI); CI round-trips them torch->flax->torch above
+@pytest.mark.parametrize("name,dtype", name_dtype([np.float32, np.float64], np.float64, pytest.mark.huge))
 def test_flax_torch_flax_is_bit_exact(name, dtype):
     flat = flatten_dict(convert.torch_to_flax(random_state_dict(name, seed=1), name))
     flat = {k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in flat.items()}
