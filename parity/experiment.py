@@ -7,7 +7,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +194,12 @@ BAND_CURVES = ("train_loss", "test_error")
 # the test error (359 test images: one image is 0.28 points).
 BAND_FLOOR = {"train_loss": ("relative", 0.02), "test_error": ("absolute", 0.02)}
 OUTSIDE_FRACTION = 0.25  # ... and fails the band when that happens in more than a quarter of the epochs
+# A net is chaotic when torch from a one-ulp start moves its own float64 first-epoch training loss by
+# more than this (measured: 0.000% for plain20, resnet20, resnet56; 0.29% for plain56). Its float32
+# curves are shown against the band, not judged: four samples cannot bound where rounding takes a
+# chaotic run (plain56, 20 epochs: torch's band ended at 80-85% training error, Flax at 69%, and a
+# single torch run with one thread has ended at 56%; docs/experiments.md).
+CHAOS_GAP = 1e-4
 
 
 @contextlib.contextmanager
@@ -278,16 +284,15 @@ def degradation(args: argparse.Namespace) -> int:
         weights = torchnets.build(name).state_dict()  # the same initial weights for both frameworks
         run = dict(data=data, epochs=args.epochs, batch=args.batch, lr=args.lr, seed=args.seed, bar=bar,
                    warmup=args.warmup_epochs)
-        torch_runs = {}
+        torch_runs, seconds = {}, {}
         for v in variants:
-            bar.set_postfix_str(f"{name} torch, {v}")
             with rounding(v):
-                torch_runs[v] = train_torch(name, perturbed(weights, 0) if v == "1-ulp start" else weights, **run,
-                                            channels_last=v == "channels_last")
+                torch_runs[v] = _timed(seconds, bar, name, f"torch, {v}", train_torch, name,
+                                       perturbed(weights, 0) if v == "1-ulp start" else weights, **run,
+                                       channels_last=v == "channels_last")
         t = torch_runs["stock"]
-        bar.set_postfix_str(f"{name} flax")
-        f = train_flax(name, weights, **run)
-        results[name] = {"torch": t, "flax": f, "train_loss_rel_diff": _gap(f, t)}
+        f = _timed(seconds, bar, name, "flax", train_flax, name, weights, **run)
+        results[name] = {"torch": t, "flax": f, "train_loss_rel_diff": _gap(f, t), "seconds": seconds}
         if args.yardstick:
             results[name]["torch_variants"] = {v: r for v, r in torch_runs.items() if v != "stock"}
             results[name]["band"] = band_verdict(f, list(torch_runs.values()))
@@ -296,17 +301,18 @@ def degradation(args: argparse.Namespace) -> int:
         if args.float64:
             # the same first epoch with both twins in float64: the structural check of the curves,
             # which float32 rounding (chaotic in deep plain nets, docs/experiments.md) cannot blur
-            bar.set_postfix_str(f"{name} torch, float64")
-            t64 = train_torch(name, weights, **run, dtype="fp64", run_epochs=FIRST)
-            bar.set_postfix_str(f"{name} flax, float64")
-            f64 = train_flax(name, weights, **run, dtype="fp64", run_epochs=FIRST)
+            t64 = _timed(seconds, bar, name, "torch, float64", train_torch, name, weights, **run, dtype="fp64",
+                         run_epochs=FIRST)
+            f64 = _timed(seconds, bar, name, "flax, float64", train_flax, name, weights, **run, dtype="fp64",
+                         run_epochs=FIRST)
             results[name].update(torch_float64=t64, flax_float64=f64, float64_rel_diff=_gap(f64, t64),
                                  float32_to_float64={"torch": _gap(t, t64), "flax": _gap(f, t64)})
             if args.yardstick:  # deep plain nets train chaotically even in float64: torch vs itself
-                bar.set_postfix_str(f"{name} torch, float64, 1-ulp start")
                 w64 = {k: v.double() if v.is_floating_point() else v for k, v in weights.items()}
-                u64 = train_torch(name, perturbed(w64, 0), **run, dtype="fp64", run_epochs=FIRST)
-                results[name].update(torch_float64_ulp=u64, torch_float64_ulp_rel_diff=_gap(u64, t64))
+                u64 = _timed(seconds, bar, name, "torch, float64, 1-ulp start", train_torch, name, perturbed(w64, 0),
+                             **run, dtype="fp64", run_epochs=FIRST)
+                results[name].update(torch_float64_ulp=u64, torch_float64_ulp_rel_diff=_gap(u64, t64),
+                                     chaotic=_gap(u64, t64)[0] > CHAOS_GAP)
     bar.close()
     elapsed = time.time() - start
     rows = [["net", "params", "final train err: torch band / flax", "final test err: torch band / flax",
@@ -327,13 +333,14 @@ def degradation(args: argparse.Namespace) -> int:
         if d64 and d64[0] > FIRST_EPOCH_BOUND:
             failed.append(name)
         b = r.get("band")
-        if b and not all(c["ok"] for c in b.values()):
+        if b and not r.get("chaotic") and not all(c["ok"] for c in b.values()):
             band_failed.append(name)
         epochs = len(r["flax"]["train_loss"])
         rows.append([name, f"{flops.count(specs.get(name)).params:,}", final(name, "train_error"),
                      final(name, "test_error"), pct(d64), pct(r.get("torch_float64_ulp_rel_diff")),
                      ", ".join(f"{sum(x > 1 for x in b[k]['outside'])}/{epochs}" for k in BAND_CURVES) if b else "-",
-                     ("PASS" if name not in band_failed else "FAIL") if b else "-"])
+                     ("not judged: chaotic" if r.get("chaotic") else "PASS" if name not in band_failed else "FAIL")
+                     if b else "-"])
     print(f"\ndata: {note}\nrecipe: SGD momentum 0.9, weight decay 1e-4, batch {args.batch}, lr {args.lr / 10} for "
           f"{args.warmup_epochs} warm-up epoch(s), then {args.lr}, /10 at epochs {args.epochs // 2} and "
           f"{(3 * args.epochs) // 4}, {args.epochs} epochs, same data order and initial weights in both "
@@ -343,8 +350,11 @@ def degradation(args: argparse.Namespace) -> int:
         print(f"\ntorch's band: per epoch, the range of torch's own float32 runs that change only the rounding "
               f"({', '.join(variants)}). Flax is outside at an epoch when beyond the band by more than one band width "
               f"(floored at 2% of the loss, 2 points of test error); the band verdict fails when that happens in "
-              f"more than {OUTSIDE_FRACTION:.0%} of the epochs of either curve.")
+              f"more than {OUTSIDE_FRACTION:.0%} of the epochs of either curve. A net is not judged when chaotic: "
+              f"torch from a one-ulp start moves its own float64 first epoch by more than {CHAOS_GAP:.2%}.")
         print(_degradation_line(results))
+    print("seconds per run (Flax's include compiling): " + "; ".join(
+        f"{n}: " + ", ".join(f"{k} {v:.0f}" for k, v in r["seconds"].items()) for n, r in results.items()))
     if args.float64:
         verdict = f"FAIL: {', '.join(failed)}" if failed else "PASS"
         print(f"first epoch, float64 twins within {FIRST_EPOCH_BOUND:.0%}: {verdict}")
@@ -356,6 +366,16 @@ def degradation(args: argparse.Namespace) -> int:
                                                       "seconds": elapsed, "results": results}, indent=1))
     print(f"\nwrote {out}/degradation.png, degradation.json")
     return 1 if failed or band_failed else 0
+
+
+def _timed(seconds: dict[str, float], bar: Any, name: str, label: str, fn: Callable[..., dict], /, *args: Any,
+           **kwargs: Any) -> dict:
+    """``fn(*args, **kwargs)``, its wall time recorded in ``seconds[label]`` (the report's per-run times)."""
+    bar.set_postfix_str(f"{name} {label}")
+    start = time.time()
+    out = fn(*args, **kwargs)
+    seconds[label] = round(time.time() - start, 1)
+    return out
 
 
 def _degradation_line(results: dict) -> str:

@@ -56,10 +56,13 @@ def test_degradation_first_epoch_losses_agree(tmp_path, capsys):
         assert len(r["torch"]["test_error"]) == len(r["flax"]["test_error"]) == 2
         # the yardstick is a real second run: a one-ulp start moves the float32 curve, a little
         assert 0 < r["torch_ulp_rel_diff"][0] < 0.01
+        assert set(r["seconds"]) == {"torch, stock", "torch, channels_last", "torch, 1 thread", "torch, 1-ulp start",
+                                     "flax", "torch, float64", "flax, float64", "torch, float64, 1-ulp start"}
+        assert all(s > 0 for s in r["seconds"].values())
     assert (tmp_path / "degradation.png").stat().st_size > 1000
     out = capsys.readouterr().out
     assert "native 8x8" in out and "t/t(1 ulp)" in out
-    assert "float64 twins within 1%: PASS" in out
+    assert "float64 twins within 1%: PASS" in out and "seconds per run" in out
 
 
 def test_degradation_fails_when_the_float64_twins_disagree(tmp_path, monkeypatch, capsys):
@@ -132,6 +135,36 @@ def test_degradation_fails_when_flax_leaves_torchs_band(tmp_path, monkeypatch, c
     assert main(args) == 1
     out = capsys.readouterr().out
     assert "leave torch's band: FAIL: resnet20" in out and "0/3, 3/3" in out
+
+
+def test_chaotic_nets_are_shown_against_the_band_not_judged(tmp_path, monkeypatch, capsys):
+    """A net whose float64 first epoch moves when torch starts one ulp away is chaotic: Flax outside
+    the band does not fail it. The same runs with a steady float64 torch fail."""
+    calls = {"n": 0}
+
+    def torch_run(chaotic):
+        def run(name, weights, data, epochs, *a, dtype="fp32", run_epochs=None, **kw):
+            n = epochs if run_epochs is None else run_epochs
+            calls["n"] += 1
+            d = 0.01 * (calls["n"] % 4) if dtype == "fp32" or chaotic else 0.0
+            return {"train_loss": [2.0 + d] * n, "train_error": [0.5 + d] * n, "test_error": [0.5 + d] * n}
+        return run
+
+    def flax_run(name, weights, data, epochs, *a, dtype="fp32", run_epochs=None, **kw):
+        n = epochs if run_epochs is None else run_epochs
+        loss = 2.0 + (0.01 if dtype == "fp64" else 0.3)  # float32: far outside torch's band
+        return {"train_loss": [loss] * n, "train_error": [0.5] * n, "test_error": [0.5] * n}
+
+    args = ["experiment", "degradation", "--nets", "resnet20", "--epochs", "3", "--out", str(tmp_path)]
+    monkeypatch.setattr(experiment, "train_flax", flax_run)
+    monkeypatch.setattr(experiment, "train_torch", torch_run(True))
+    assert main(args) == 0
+    assert "not judged: chaotic" in capsys.readouterr().out
+    assert json.loads((tmp_path / "degradation.json").read_text())["results"]["resnet20"]["chaotic"]
+    calls["n"] = 0
+    monkeypatch.setattr(experiment, "train_torch", torch_run(False))
+    assert main(args) == 1
+    assert "leave torch's band: FAIL: resnet20" in capsys.readouterr().out
 
 
 def test_receptive_field_table(capsys):
