@@ -319,7 +319,7 @@ def finish_ranks() -> None:
     down under one still in a collective), and DDP objects left in reference cycles are freed now,
     while their process group exists, not at interpreter exit. A bench rank once died with SIGABRT
     ("terminate called without an active exception") at its end without these (not reproduced in
-    22 tries since; CHANGELOG)."""
+    28 tries since; CHANGELOG)."""
     import gc
 
     import torch.distributed as dist
