@@ -311,8 +311,9 @@ def degradation(args: argparse.Namespace) -> int:
                 w64 = {k: v.double() if v.is_floating_point() else v for k, v in weights.items()}
                 u64 = _timed(seconds, bar, name, "torch, float64, 1-ulp start", train_torch, name, perturbed(w64, 0),
                              **run, dtype="fp64", run_epochs=FIRST)
-                results[name].update(torch_float64_ulp=u64, torch_float64_ulp_rel_diff=_gap(u64, t64),
-                                     chaotic=_gap(u64, t64)[0] > CHAOS_GAP)
+                ulp_gap = _gap(u64, t64)
+                results[name].update(torch_float64_ulp=u64, torch_float64_ulp_rel_diff=ulp_gap,
+                                     chaotic=ulp_gap[0] > CHAOS_GAP)
     bar.close()
     elapsed = time.time() - start
     rows = [["net", "params", "final train err: torch band / flax", "final test err: torch band / flax",

@@ -40,8 +40,8 @@ class Pair:
     layer_shapes: dict[str, tuple] = field(default_factory=dict)  # Flax activation shapes, where known
 
     def flax_layout(self, a: np.ndarray) -> np.ndarray:
-        """A torch-side array in the Flax side's layout: images (4-D) and volumes (5-D) channels-last."""
-        return np.moveaxis(a, 1, -1) if self.images and np.ndim(a) in (4, 5) else a
+        """A torch-side array in the Flax side's layout (``channels_last``)."""
+        return channels_last(a, self.images)
 
     def layer_layout(self, name: str, a: np.ndarray) -> np.ndarray:
         """A torch activation in the Flax side's layout, by the shape of the Flax activation of the same
@@ -54,10 +54,14 @@ class Pair:
         return moved if moved.shape == want else a
 
 
+def channels_last(a: np.ndarray, images: bool) -> np.ndarray:
+    """With ``images``, a 4-D (image) or 5-D (volume) torch-layout array with its channels moved last."""
+    return np.moveaxis(a, 1, -1) if images and np.ndim(a) in (4, 5) else a
+
+
 def flax_args(inputs: tuple[np.ndarray, ...], images: bool) -> tuple[np.ndarray, ...]:
-    """Torch-layout inputs as the Flax side takes them: 4-D and 5-D float arrays channels-last."""
-    return tuple(np.moveaxis(a, 1, -1) if images and a.ndim in (4, 5) and np.issubdtype(a.dtype, np.floating)
-                 else a for a in inputs)
+    """Torch-layout inputs as the Flax side takes them: float arrays ``channels_last``, others as given."""
+    return tuple(channels_last(a, images) if np.issubdtype(a.dtype, np.floating) else a for a in inputs)
 
 
 def twin(cfg: Config) -> Pair:
