@@ -22,8 +22,9 @@ def build(name: str, *, dtype: Any = None, param_dtype: Any = jnp.float32, conv_
     """The Flax model ``name`` (see parity.specs); ``dtype`` is the compute dtype (e.g. bfloat16).
 
     ``conv_impl``: "auto" (default) computes the convolutions XLA:CPU would run in its slow
-    swapped form as one dot over kernel taps (jaxnets.layers.conv_general_dilated); "xla" uses
-    lax.conv_general_dilated everywhere. Same parameters, same math."""
+    swapped form as one dot over kernel taps (jaxnets.layers.conv_general_dilated), and in eval mode
+    keeps YNNPACK's fusion from taking the last convolutions (jaxnets.layers.global_avg_pool); "xla"
+    uses lax.conv_general_dilated everywhere and nothing else. Same parameters, same math."""
     if conv_impl not in layers.CONV_IMPLS:
         raise ValueError(f"conv_impl: expected one of {layers.CONV_IMPLS}, got {conv_impl!r}")
     spec = specs.get(name, **overrides)

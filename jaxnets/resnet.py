@@ -117,6 +117,6 @@ class ResNet(nn.Module):
             x = layers.max_pool_3x3(x)
         for i, blocks in enumerate(spec.stages(), start=1):
             x = Stage(tuple(blocks), spec, conv_impl=self.conv_impl, name=f"layer{i}", **kw)(x, train)
-        x = x.mean(axis=(1, 2))
+        x = layers.global_avg_pool(x, self.conv_impl, train)
         init = layers.torch_linear_init(x.shape[-1])  # torch's default Linear init, as torchvision
         return nn.Dense(spec.num_classes, kernel_init=init, bias_init=init, name="fc", **kw)(x)

@@ -1,12 +1,19 @@
-"""XLA:CPU's slow swapped convolutions: jaxnets computes them as dots (jaxnets.layers.conv_taps).
+"""XLA:CPU's slow convolution paths and how jaxnets avoids them: swapped convolutions computed as
+dots (jaxnets.layers.conv_taps), and eval-mode convolutions kept out of YNNPACK's reduce fusion
+(jaxnets.layers.global_avg_pool).
 
 Structural, not timed: the optimised HLO of the bench's jitted train step and inference holds no
-convolution with window reversal, the mark of XLA's operand swap (docs/benchmark.md).
+convolution with window reversal, the mark of XLA's operand swap, and no convolution inside a
+YNNPACK fusion under the bench's XLA flags (docs/benchmark.md).
 """
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -20,6 +27,7 @@ from parity import specs, throughput, training
 FAMILIES = ["resnet18", "resnet20", "vgg11", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "plain18",
             "plain20", "vgg11_bn", "vgg11_lrn", "vgg16_c"]
 DEFAULT = {"resnet18", "resnet20", "vgg11"}
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 REVERSED = re.compile(r"convolution\(.*rhs_reversal")
 
 
@@ -56,18 +64,108 @@ def test_no_reversed_convolution(name):
         assert reversed_convs(name, size, "auto") == {"train": 0, "infer": 0}, (name, size)
 
 
+def primitives(name: str, size: int, conv_impl: str, train: bool) -> list[str]:
+    """The primitives of the model's traced forward, in order (nested jaxprs included)."""
+    model = jaxnets.build(name, conv_impl=conv_impl)
+    x = jnp.zeros((2, size, size, 3), jnp.float32)
+    v = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+    jaxpr = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=train, mutable=["batch_stats"]))(v, x)
+    out = []
+
+    def walk(jx):
+        for eqn in jx.eqns:
+            out.append(eqn.primitive.name)
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                walk(sub)
+
+    walk(jaxpr.jaxpr)
+    return out
+
+
 def test_same_program_where_nothing_is_swapped():
-    """resnet20 at 32x32 (last stage 8x8): both forms compile to the same instructions, so a
-    timing difference between them there is run-to-run noise."""
+    """resnet20 at 32x32 (last stage 8x8): both forms compile the train step to the same
+    instructions, so a timing difference between them there is run-to-run noise; in eval mode the
+    only difference is the identity before the pool (test_no_convolution_in_ynnpack_fusions)."""
     auto, xla = compiled("resnet20", 32, "auto"), compiled("resnet20", 32, "xla")
-    for k in auto:
-        assert instructions(auto[k]) == instructions(xla[k]), k
+    assert instructions(auto["train"]) == instructions(xla["train"])
+    a, b = primitives("resnet20", 32, "auto", False), primitives("resnet20", 32, "xla", False)
+    assert a.count("reduce_precision") == 1 and "reduce_precision" not in b
+    assert [p for p in a if p != "reduce_precision"] == b
 
 
 def test_stock_form_has_them():
     """The stock formulation (conv_impl="xla") shows the swap the test above looks for."""
     got = reversed_convs("resnet18", 64, "xla")
     assert got["train"] > 0 and got["infer"] > 0
+
+
+# eval mode, where YNNPACK's reduce fusion took the last stage's convolutions (measured, batch 2):
+# resnet18 at 224x224 (6 of 20), resnet20 and plain20 at 32x32 (6 of 19), resnet50 at 64x64 (1 of 18)
+YNN_CASES = [("resnet18", 224), ("resnet20", 32), ("plain20", 32), ("resnet50", 64)]
+YNN_PROBE = """
+import sys, jax, jax.numpy as jnp, jaxnets
+from parity import throughput
+out = sys.argv[1]
+for arg in sys.argv[2:]:
+    name, size, impl = arg.split(":")
+    model = jaxnets.build(name, conv_impl=impl)
+    x = jnp.zeros((2, int(size), int(size), 3), jnp.float32)
+    v = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+    infer = throughput.jax_programs(model, 0.1)[2]
+    text = jax.jit(infer).lower(v["params"], v.get("batch_stats", {}), x).compile().as_text()
+    open(f"{out}/{name}_{size}_{impl}.hlo", "w").write(text)
+"""
+
+
+def ynnpack_convolutions(hlo: str) -> int:
+    """Convolutions inside the computations that YNNPACK fusions call."""
+    blocks = {m.group(1): b for b in hlo.split("\n\n") if (m := re.match(r"\s*%([\w.\-]+) ", b))}
+    called = [re.search(r"calls=%([\w.\-]+)", line).group(1) for line in hlo.splitlines()
+              if '"__ynn_fusion"' in line and "calls=%" in line]
+    return sum(len(re.findall(r" convolution\(", blocks.get(c, ""))) for c in called)
+
+
+def test_no_convolution_in_ynnpack_fusions(tmp_path):
+    """Under the bench's XLA flags, eval-mode ResNets keep every convolution in XLA's own kernels;
+    the stock form shows the YNNPACK fusion that takes them, so the check can see it."""
+    if not throughput.tuned_flags_supported():
+        pytest.skip(f"this jaxlib does not know {throughput.TUNED_CPU_XLA_FLAGS}")
+    env = throughput.worker_env(throughput.Job("resnet18", "jax"))
+    args = [f"{n}:{s}:auto" for n, s in YNN_CASES] + ["resnet18:224:xla"]
+    proc = subprocess.run([sys.executable, "-c", YNN_PROBE, str(tmp_path), *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name, size in YNN_CASES:
+        assert ynnpack_convolutions((tmp_path / f"{name}_{size}_auto.hlo").read_text()) == 0, (name, size)
+    assert ynnpack_convolutions((tmp_path / "resnet18_224_xla.hlo").read_text()) > 0
+
+
+def test_ynnpack_reproducer_shows_the_fusion_and_the_fence():
+    """scripts/xla_ynn_reduce_fusion.py, the stand-alone reproducer users can run on their jaxlib."""
+    if not throughput.tuned_flags_supported():
+        pytest.skip(f"this jaxlib does not know {throughput.TUNED_CPU_XLA_FLAGS}")
+    env = {k: v for k, v in throughput.worker_env(throughput.Job("resnet18", "jax")).items() if k != "XLA_FLAGS"}
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "xla_ynn_reduce_fusion.py"), "--batch", "2"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"^plain: .* 3 of 3 convolutions inside YNNPACK", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^fenced: .* 0 of 3 convolutions inside YNNPACK", proc.stdout, re.M), proc.stdout
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "float16"])
+def test_ynnpack_fence_is_an_exact_identity(dtype):
+    """No bit changes, jitted: normals, subnormals, signed zeros, infinities and NaN."""
+    with jax.enable_x64(True):
+        info = jnp.finfo(dtype)
+        special = [0.0, -0.0, np.inf, -np.inf, np.nan, float(info.tiny), float(info.tiny) / 4,
+                   float(info.max), -float(info.max), float(info.eps)]
+        vals = np.concatenate([special, np.random.default_rng(0).standard_normal(1000) * 1e3])
+        x = jnp.asarray(vals, dtype)
+        bits = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[x.dtype.itemsize]
+        got = jax.jit(layers.ynnpack_fence)(x)
+        assert got.dtype == x.dtype
+        assert np.array_equal(np.asarray(jax.lax.bitcast_convert_type(got, bits)),
+                              np.asarray(jax.lax.bitcast_convert_type(x, bits)))
 
 
 @pytest.mark.parametrize("h,stride,groups", [(1, 1, 1), (2, 1, 1), (2, 2, 1), (3, 2, 1), (4, 2, 1), (2, 1, 4),
