@@ -390,7 +390,7 @@ def torch_replica_reference(name: str, weights: Mapping[str, Any], batches: list
     import torch
 
     model = training.torch_model(name, weights, dtype, **training.overrides(name))
-    sharded = _Shards(model, world)
+    sharded = _sharded(model, world)
     optimizer = training.torch_optimizer(opt, model.parameters())
     losses, out = [], {}
     for i, (x, y) in enumerate(batches):
@@ -404,13 +404,12 @@ def torch_replica_reference(name: str, weights: Mapping[str, Any], batches: list
     return out
 
 
-def _shards_module() -> type:
+def _sharded(model: Any, world: int) -> Any:
+    """``model`` on each of ``world`` equal shards of the batch in turn, as a torch module; the buffers
+    kept are those after shard 0 (rank 0's). The class is made here because torch is imported lazily."""
     import torch
 
     class Shards(torch.nn.Module):
-        """``model`` on each of ``world`` equal shards of the batch in turn; the buffers kept are
-        those after shard 0 (rank 0's)."""
-
         def __init__(self, model: torch.nn.Module, world: int):
             super().__init__()
             self.model, self.world = model, world
@@ -427,11 +426,7 @@ def _shards_module() -> type:
                 setattr(self.model.get_submodule(owner), leaf, b)
             return torch.cat(outs)
 
-    return Shards
-
-
-def _Shards(model: Any, world: int) -> Any:  # noqa: N802 - a class made on first use (torch imported lazily)
-    return _shards_module()(model, world)
+    return Shards(model, world)
 
 
 # --------------------------------------------------------------------------- parity

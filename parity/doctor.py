@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from parity import mapping
+from parity.nnx import LinenView
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,10 @@ def _flax_modules(flax_module: Any, args: tuple, mode: Callable[[bool], dict]) -
 
     with nn.intercept_methods(intercept):
         variables = jax.eval_shape(lambda *x: flax_module.init(jax.random.key(0), *x, **mode(False)), *args)
-    if hasattr(flax_module, "graphdef"):  # an NNX module (parity.nnx.LinenView): its submodules' attributes
+    if isinstance(flax_module, LinenView):  # an NNX module: its submodules' attributes
         from flax import nnx
 
-        view = flax_module
-        root = nnx.merge(view.graphdef, view._params, view._stats, view._rest, copy=True)
-        for path, m in nnx.iter_graph(root):
+        for path, m in nnx.iter_graph(flax_module.module()):
             if isinstance(m, nnx.Module) and path:
                 seen.setdefault(mapping.normalize(".".join(map(str, path))), m)
     jaxpr = jax.make_jaxpr(lambda v, *x: flax_module.apply(v, *x, **mode(False)))(variables, *args)

@@ -130,10 +130,14 @@ class LinenView:
     def __call__(self, *args: Any, train: bool = False) -> Any:  # the signature pairs.flax_mode reads
         raise TypeError("a LinenView is called through apply()")
 
-    def init(self, _rng: Any, *args: Any, **_mode: Any) -> dict:
+    def module(self) -> Any:
+        """A fresh copy of the NNX module, in the state it was viewed in."""
         from flax import nnx
 
-        return variables(nnx.merge(self.graphdef, self._params, self._stats, self._rest, copy=True))
+        return nnx.merge(self.graphdef, self._params, self._stats, self._rest, copy=True)
+
+    def init(self, _rng: Any, *args: Any, **_mode: Any) -> dict:
+        return variables(self.module())
 
     def apply(self, variables_: Mapping[str, Any], *args: Any, train: bool = False, mutable: Any = False,
               capture_intermediates: bool = False) -> Any:

@@ -124,8 +124,6 @@ def modules(torch_module: Any, flax_module: Any, inputs: tuple[np.ndarray, ...],
         raise TypeError(f"the Flax side must be a flax.linen.Module or a flax.nnx.Module, got "
                         f"{type(flax_module).__name__}")
     mode = mode or flax_mode(flax_module)
-    pair = Pair(name, None, None, None, None, set(), set(), images=images, flax_mode=mode, loss="probe",  # type: ignore[arg-type]
-                input_names=tuple(f"input{i}" if len(inputs) > 1 else "x" for i in range(len(inputs))))
     fargs = flax_args(inputs, images)
     try:
         shapes = jax.eval_shape(lambda *a: flax_module.init(jax.random.key(0), *a, **mode(False)), *fargs)
@@ -159,11 +157,9 @@ def modules(torch_module: Any, flax_module: Any, inputs: tuple[np.ndarray, ...],
     def to_torch(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
         return {k: np.asarray(v, np.float64) for k, v in wmap.to_torch(jax.device_get(variables)).items()}
 
-    pair.torch_module, pair.flax_module = torch_factory, (lambda dtype: flax_module)
-    pair.to_flax, pair.to_torch = to_flax, to_torch
-    pair.param_keys = wmap.param_keys
-    pair.layer_shapes = layer_shapes
     counters = {e.torch_key for e in wmap.entries if e.torch_key.endswith("num_batches_tracked")}
-    pair.stat_keys = {e.torch_key for e in wmap.entries if e.torch_key in buffers} - counters
-    pair.counters = bool(counters)
-    return pair
+    return Pair(name, torch_factory, lambda dtype: flax_module, to_flax, to_torch, wmap.param_keys,
+                {e.torch_key for e in wmap.entries if e.torch_key in buffers} - counters,
+                counters=bool(counters), images=images, flax_mode=mode, loss="probe",
+                input_names=tuple(f"input{i}" if len(inputs) > 1 else "x" for i in range(len(inputs))),
+                layer_shapes=layer_shapes)

@@ -185,6 +185,32 @@ def test_doctor_reads_flax_attributes_and_torch_modules():
     assert "drop: dropout" in text
 
 
+def test_doctor_reads_nnx_attributes():
+    from flax import nnx as fnnx
+
+    from parity import doctor, nnx
+
+    class T(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            return self.bn(x)
+
+    class F(fnnx.Module):
+        def __init__(self):
+            self.bn = fnnx.BatchNorm(3, epsilon=1e-3, momentum=0.9, rngs=fnnx.Rngs(0))
+
+        def __call__(self, x):
+            return self.bn(x)
+
+    x = np.zeros((2, 3, 4, 4), np.float32)
+    found = doctor.diagnose(T(), nnx.LinenView(F()), (torch.from_numpy(x),), (jnp.asarray(x.transpose(0, 2, 3, 1)),),
+                            lambda train: {"train": train})
+    assert "bn: batchnorm: epsilon: torch 1e-05, Flax 0.001" in "\n".join(map(str, found))
+
+
 # --------------------------------------------------------------------------- NNX
 
 
