@@ -37,8 +37,18 @@ class Op:
 _INSTR = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\((.*)$")
 
 
+_HEAVY = ("convolution", "dot")  # what a fusion may hide: a library fusion can swallow them
+
+
 def hlo_instructions(hlo_text: str) -> dict[str, str]:
-    """{instruction name: 'opcode shape [window]'} for every instruction of a compiled module."""
+    """{instruction name: 'opcode shape [window]'} for every instruction of a compiled module. A
+    fusion also names its library (e.g. ``__ynn_fusion``) and the convolutions and dots inside it,
+    so that a fusion which took convolutions shows it."""
+    calls: dict[str, str] = {}  # computation name -> its body
+    for block in re.split(r"\n\s*\n", hlo_text):
+        m = re.match(r"\s*%([\w.\-]+) ", block)
+        if m:
+            calls[m.group(1)] = block
     out = {}
     for line in hlo_text.splitlines():
         m = _INSTR.match(line)
@@ -48,6 +58,13 @@ def hlo_instructions(hlo_text: str) -> dict[str, str]:
         window = re.search(r"window=\{([^}]*)\}", rest)
         kind = re.search(r"kind=(\w+)", rest)
         extra = f" window={{{window.group(1)}}}" if window else (f" {kind.group(1)}" if kind else "")
+        if opcode == "fusion":
+            library = re.search(r'"fusion_config":\{"kind":"(__\w+)"', rest)
+            extra += f" {library.group(1)}" if library else ""
+            callee = re.search(r"calls=%([\w.\-]+)", rest)
+            body = calls.get(callee.group(1), "") if callee else ""
+            inside = [f"{n} {op}" for op in _HEAVY if (n := len(re.findall(rf" {op}\(", body)))]
+            extra += f" (inside: {', '.join(inside)})" if inside else ""
         out[name] = f"{opcode} {shape}{extra}"
     return out
 
