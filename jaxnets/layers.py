@@ -261,8 +261,8 @@ def global_avg_pool(x: jax.Array, conv_impl: str = "auto", train: bool = False) 
 
     In eval mode "auto" puts ynnpack_fence before the mean. Without it XLA:CPU's YNNPACK reduce
     fusion grows from the mean up through the elementwise BatchNorm/ReLU chain and takes the last
-    stage's convolutions into YNNPACK: resnet18 inference at 224x224 1.3x slower. In train mode the
-    batch statistics already stop it."""
+    stage's convolutions into YNNPACK: resnet18 inference at 224x224 1.08x slower (docs/results.md).
+    In train mode the batch statistics already stop it."""
     if conv_impl == "auto" and not train:
         x = ynnpack_fence(x)
     return x.mean(axis=(1, 2))

@@ -40,15 +40,33 @@ _INSTR = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\((.*)$")
 _HEAVY = ("convolution", "dot")  # what a fusion may hide: a library fusion can swallow them
 
 
-def hlo_instructions(hlo_text: str) -> dict[str, str]:
-    """{instruction name: 'opcode shape [window]'} for every instruction of a compiled module. A
-    fusion also names its library (e.g. ``__ynn_fusion``) and the convolutions and dots inside it,
-    so that a fusion which took convolutions shows it."""
-    calls: dict[str, str] = {}  # computation name -> its body
+def fused_ops(hlo_text: str) -> dict[str, tuple[str, dict[str, int]]]:
+    """{fusion instruction: (its library, e.g. ``__ynn_fusion``, or "", {opcode: count} of the
+    convolutions and dots in the computation it calls)} for every fusion of a compiled module."""
+    bodies: dict[str, str] = {}  # computation name -> its text
     for block in re.split(r"\n\s*\n", hlo_text):
         m = re.match(r"\s*%([\w.\-]+) ", block)
         if m:
-            calls[m.group(1)] = block
+            bodies[m.group(1)] = block
+    out = {}
+    for line in hlo_text.splitlines():
+        m = _INSTR.match(line)
+        if not m or m.group(3) != "fusion":
+            continue
+        rest = m.group(4)
+        library = re.search(r'"fusion_config":\{"kind":"(__\w+)"', rest)
+        callee = re.search(r"calls=%([\w.\-]+)", rest)
+        body = bodies.get(callee.group(1), "") if callee else ""
+        out[m.group(1)] = (library.group(1) if library else "",
+                           {op: n for op in _HEAVY if (n := len(re.findall(rf" {op}\(", body)))})
+    return out
+
+
+def hlo_instructions(hlo_text: str) -> dict[str, str]:
+    """{instruction name: 'opcode shape [window]'} for every instruction of a compiled module. A
+    fusion also names its library and the convolutions and dots inside it (``fused_ops``), so that
+    a fusion which took convolutions shows it."""
+    fusions = fused_ops(hlo_text)
     out = {}
     for line in hlo_text.splitlines():
         m = _INSTR.match(line)
@@ -58,13 +76,10 @@ def hlo_instructions(hlo_text: str) -> dict[str, str]:
         window = re.search(r"window=\{([^}]*)\}", rest)
         kind = re.search(r"kind=(\w+)", rest)
         extra = f" window={{{window.group(1)}}}" if window else (f" {kind.group(1)}" if kind else "")
-        if opcode == "fusion":
-            library = re.search(r'"fusion_config":\{"kind":"(__\w+)"', rest)
-            extra += f" {library.group(1)}" if library else ""
-            callee = re.search(r"calls=%([\w.\-]+)", rest)
-            body = calls.get(callee.group(1), "") if callee else ""
-            inside = [f"{n} {op}" for op in _HEAVY if (n := len(re.findall(rf" {op}\(", body)))]
-            extra += f" (inside: {', '.join(inside)})" if inside else ""
+        if name in fusions:
+            library, inside = fusions[name]
+            extra += f" {library}" if library else ""
+            extra += f" (inside: {', '.join(f'{n} {op}' for op, n in inside.items())})" if inside else ""
         out[name] = f"{opcode} {shape}{extra}"
     return out
 

@@ -21,7 +21,7 @@ import torch
 
 import jaxnets
 from jaxnets import layers
-from parity import specs, throughput, training
+from parity import profiling, specs, throughput, training
 
 # one variant per family: basic, bottleneck, grouped, wide, plain, CIFAR, VGG with BN, LRN and 1x1 convs
 FAMILIES = ["resnet18", "resnet20", "vgg11", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "plain18",
@@ -118,11 +118,9 @@ for arg in sys.argv[2:]:
 
 
 def ynnpack_convolutions(hlo: str) -> int:
-    """Convolutions inside the computations that YNNPACK fusions call."""
-    blocks = {m.group(1): b for b in hlo.split("\n\n") if (m := re.match(r"\s*%([\w.\-]+) ", b))}
-    called = [re.search(r"calls=%([\w.\-]+)", line).group(1) for line in hlo.splitlines()
-              if '"__ynn_fusion"' in line and "calls=%" in line]
-    return sum(len(re.findall(r" convolution\(", blocks.get(c, ""))) for c in called)
+    """Convolutions inside YNNPACK fusions (parity.profiling.fused_ops)."""
+    return sum(ops.get("convolution", 0) for library, ops in profiling.fused_ops(hlo).values()
+               if library == "__ynn_fusion")
 
 
 def test_no_convolution_in_ynnpack_fusions(tmp_path):
