@@ -34,7 +34,7 @@ def torch_linear_init(fan_in: int):
     return init
 
 
-CONV_IMPLS = ("auto", "xla")  # "auto": taps where XLA:CPU would swap operands; "xla": always lax's conv
+CONV_IMPLS = ("auto", "xla")  # "auto": taps where XLA:CPU is slow (swap, strided 1x1); "xla": always lax's conv
 
 
 def xla_would_swap(kernel: tuple[int, ...], in_size: tuple[int, ...], out_size: tuple[int, ...]) -> bool:
@@ -42,6 +42,12 @@ def xla_would_swap(kernel: tuple[int, ...], in_size: tuple[int, ...], out_size: 
     than the input's spatial area; the backward-data conv's input is the output, so both count."""
     window = math.prod(kernel)
     return window > 1 and window > min(math.prod(in_size), math.prod(out_size))
+
+
+def strided_pointwise(kernel: tuple[int, ...], strides: Sequence[int]) -> bool:
+    """A 1x1 conv with stride > 1 (ResNet's downsample): XLA differentiates it into convolutions over
+    the zero-dilated gradient (4x the work at stride 2); as a strided slice and a dot, a dot and a pad."""
+    return math.prod(kernel) == 1 and any(s > 1 for s in strides)
 
 
 def _out_sizes(spatial: Sequence[int], padding: Sequence[tuple[int, int]], kernel: Sequence[int],
@@ -97,14 +103,16 @@ def _channels_last(ndim: int, dimension_numbers: Any) -> bool:
 
 def conv_general_dilated(conv_impl: str):
     """The convolution nn.Conv calls: conv_taps where XLA:CPU would swap operands into its slow
-    reversed-window loop (10-100x slower than this dot), lax's own conv everywhere else."""
+    reversed-window loop (10-100x slower than this dot) and for strided 1x1 convs (2x faster
+    gradients), lax's own conv everywhere else."""
 
     def call(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
              dimension_numbers=None, feature_group_count=1, precision=None, **kw):
         if conv_impl == "auto" and not kw and _channels_last(lhs.ndim, dimension_numbers) \
                 and not isinstance(padding, str) and _ones(lhs_dilation) and _ones(rhs_dilation):
             out = _out_sizes(lhs.shape[1:-1], padding, rhs.shape[:-2], window_strides)
-            if xla_would_swap(rhs.shape[:-2], lhs.shape[1:-1], out):
+            if xla_would_swap(rhs.shape[:-2], lhs.shape[1:-1], out) or strided_pointwise(rhs.shape[:-2],
+                                                                                          window_strides):
                 return conv_taps(lhs, rhs, window_strides, padding, feature_group_count=feature_group_count,
                                  precision=precision)
         return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
@@ -153,8 +161,7 @@ class BatchNorm(nn.Module):
         stat_dtype = jnp.promote_types(mean_v.value.dtype, jnp.float32)
         xs = x.astype(stat_dtype)
         if train:
-            mean = xs.mean(axis=(0, 1, 2))
-            var = jnp.square(xs - mean).mean(axis=(0, 1, 2))  # two-pass, as torch
+            y, mean, var = batch_norm_train(xs, scale, bias, self.epsilon)
             if not self.is_initializing():
                 n = x.size // c
                 m = self.momentum
@@ -163,8 +170,40 @@ class BatchNorm(nn.Module):
                 count.value = count.value + 1
         else:
             mean, var = mean_v.value.astype(stat_dtype), var_v.value.astype(stat_dtype)
-        y = (xs - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+            y = (xs - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
         return y.astype(self.dtype or x.dtype)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array,
+                     epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Train-mode BatchNorm over every axis but the last: (y, batch mean, biased batch variance),
+    the variance two-pass, as torch computes it."""
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axis=axes)
+    d = x - mean
+    var = jnp.square(d).mean(axis=axes)
+    return d * jax.lax.rsqrt(var + epsilon) * scale + bias, mean, var
+
+
+@batch_norm_train.defjvp
+def _batch_norm_train_jvp(epsilon: float, primals: tuple, tangents: tuple) -> tuple[tuple, tuple]:
+    """The textbook derivative, as torch's batch_norm_backward: its transpose needs two independent
+    per-channel sums (of the gradient and of gradient x x-hat), where autodiff through the mean and
+    the variance makes one sum wait on another (docs/benchmark.md, "The fourth"). Same math; a rule
+    for the JVP, not the VJP, so forward mode and higher orders still work."""
+    x, scale, bias = primals
+    dx, dscale, dbias = tangents
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axis=axes)
+    d = x - mean
+    var = jnp.square(d).mean(axis=axes)
+    inv = jax.lax.rsqrt(var + epsilon)
+    xhat = d * inv
+    dmean = dx.mean(axis=axes)
+    dxhat = inv * (dx - dmean - xhat * (dx * xhat).mean(axis=axes))
+    dvar = 2 * (d * dx).mean(axis=axes)
+    return (xhat * scale + bias, mean, var), (dxhat * scale + xhat * dscale + dbias, dmean, dvar)
 
 
 def local_response_norm(x: jax.Array) -> jax.Array:

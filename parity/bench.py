@@ -106,11 +106,14 @@ def main(models: list[str], args: argparse.Namespace) -> int:
     flags = args.xla_cpu_flags
     if flags == "tuned" and args.device == "cpu" and any(f.startswith("jax") for f in frameworks) \
             and not throughput.tuned_flags_supported():
-        print(f"note: this jaxlib rejects {' '.join(throughput.TUNED_CPU_XLA_FLAGS)}; JAX runs with XLA_FLAGS as given")
+        print(f"note: this jaxlib rejects {' '.join(throughput.tuned_cpu_flags('train'))}; "
+              "JAX runs with XLA_FLAGS as given")
         flags = "stock"
     if args.device == "cpu" and flags == "tuned":
-        print(f"the bench adds to XLA_FLAGS for JAX on CPU: {' '.join(throughput.TUNED_CPU_XLA_FLAGS)} "
-              "(XLA's convolution kernels instead of YNNPACK's; --xla-cpu-flags stock to leave XLA_FLAGS as given)")
+        print(f"the bench adds to XLA_FLAGS for JAX on CPU: {' '.join(throughput.tuned_cpu_flags(args.mode))} "
+              "(XLA's convolution kernels instead of YNNPACK's"
+              + ("; train steps: the call graph flattened after fusion" if args.mode == "train" else "")
+              + "; --xla-cpu-flags stock to leave XLA_FLAGS as given)")
     devices = getattr(args, "devices", 1)
     if devices > 1 and args.mode != "train":
         raise SystemExit("error: --devices needs --mode train (data-parallel inference has no collective to compare)")

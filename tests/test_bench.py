@@ -65,14 +65,18 @@ def test_same_work_tolerance_is_the_parity_floor():
 def test_tuned_xla_flags_only_for_jax_on_cpu(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
     env = throughput.worker_env(throughput.Job("resnet18", "jax"))
+    assert env["XLA_FLAGS"].split() == ["--xla_dump_to=/tmp/x", *throughput.TUNED_CPU_XLA_FLAGS,
+                                        *throughput.TUNED_CPU_TRAIN_XLA_FLAGS]
+    # the train-step flag is for train steps only
+    env = throughput.worker_env(throughput.Job("resnet18", "jax-xla", mode="infer"))
     assert env["XLA_FLAGS"].split() == ["--xla_dump_to=/tmp/x", *throughput.TUNED_CPU_XLA_FLAGS]
     stock = throughput.Job("resnet18", "jax", xla_cpu_flags="stock")
     assert throughput.worker_env(stock)["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
     assert throughput.worker_env(throughput.Job("resnet18", "torch-eager"))["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
     # a user's own setting of the same flag wins
-    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type= --xla_backend_extra_options=")
     env = throughput.worker_env(throughput.Job("resnet18", "jax"))
-    assert env["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="
+    assert env["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type= --xla_backend_extra_options="
 
 
 @pytest.mark.slow  # two frameworks x two batch sizes, each in a fresh process

@@ -83,6 +83,55 @@ def test_batch_norm_train_update_matches_torch(x64):
     assert int(upd["batch_stats"]["num_batches_tracked"]) == int(bn_t.num_batches_tracked) == 1
 
 
+def test_batch_norm_train_gradients_match_torch(x64):
+    """layers.batch_norm_train's own derivative against torch's batch_norm backward."""
+    rng = np.random.default_rng(1)
+    x, g = rng.standard_normal((3, 5, 5, 4)) * 2 + 1, rng.standard_normal((3, 5, 5, 4))
+    scale, bias = rng.standard_normal(4), rng.standard_normal(4)
+    bn_t = tl.batch_norm(4).double().train()
+    with torch.no_grad():
+        bn_t.weight.copy_(torch.from_numpy(scale))
+        bn_t.bias.copy_(torch.from_numpy(bias))
+    xt = nchw(x).requires_grad_(True)
+    (bn_t(xt) * nchw(g)).sum().backward()
+    bn_j = jl.BatchNorm(param_dtype=jnp.float64)
+    stats = bn_j.init(jax.random.key(0), jnp.asarray(x), train=False)["batch_stats"]
+
+    def loss(params, x):
+        y, _ = bn_j.apply({"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(y * g)
+
+    gp, gx = jax.grad(loss, argnums=(0, 1))({"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)},
+                                            jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(gx), nhwc(xt.grad), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(gp["scale"]), bn_t.weight.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(gp["bias"]), bn_t.bias.grad.numpy(), rtol=1e-12)
+
+
+def test_batch_norm_train_derivative_is_autodiffs(x64):
+    """The custom JVP rule against autodiff through the plain formula: forward mode, reverse mode
+    (cotangents on y, mean and variance) and a Hessian-vector product."""
+    def plain(x, s, b):
+        m = x.mean(axis=(0, 1, 2))
+        v = jnp.square(x - m).mean(axis=(0, 1, 2))
+        return (x - m) * jax.lax.rsqrt(v + 1e-5) * s + b, m, v
+
+    def custom(x, s, b):
+        return jl.batch_norm_train(x, s, b, 1e-5)
+
+    rng = np.random.default_rng(2)
+    x, dx, g, u = (jnp.asarray(rng.standard_normal((2, 3, 4, 5))) for _ in range(4))
+    s, b, ds, db, gm, gv = (jnp.asarray(rng.standard_normal(5)) for _ in range(6))
+    got = []
+    for f in (plain, custom):
+        y, t = jax.jvp(f, (x, s, b), (dx, ds, db))
+        back = jax.vjp(f, x, s, b)[1]((g, gm, gv))
+        hvp = jax.grad(lambda x: jnp.vdot(jax.grad(lambda x: jnp.sum(f(x, s, b)[0] * g))(x), u))(x)  # noqa: B023
+        got.append([*y, *t, *back, hvp])
+    for a, c in zip(*got, strict=True):
+        np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-10, atol=1e-12)
+
+
 def test_local_response_norm_gradient_matches_torch_under_jit(x64):
     x = np.random.default_rng(3).standard_normal((2, 5, 5, 9))
     xt = nchw(x).requires_grad_(True)

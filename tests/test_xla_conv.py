@@ -7,6 +7,7 @@ convolution with window reversal, the mark of XLA's operand swap, and no convolu
 YNNPACK fusion under the bench's XLA flags (docs/benchmark.md).
 """
 
+import functools
 import re
 import subprocess
 import sys
@@ -31,6 +32,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 REVERSED = re.compile(r"convolution\(.*rhs_reversal")
 
 
+@functools.cache
 def compiled(name: str, size: int, conv_impl: str) -> dict[str, str]:
     """The optimised HLO of the bench's jitted train step and inference."""
     model = jaxnets.build(name, conv_impl=conv_impl, **training.overrides(name))
@@ -127,8 +129,8 @@ def test_no_convolution_in_ynnpack_fusions(tmp_path):
     """Under the bench's XLA flags, eval-mode ResNets keep every convolution in XLA's own kernels;
     the stock form shows the YNNPACK fusion that takes them, so the check can see it."""
     if not throughput.tuned_flags_supported():
-        pytest.skip(f"this jaxlib does not know {throughput.TUNED_CPU_XLA_FLAGS}")
-    env = throughput.worker_env(throughput.Job("resnet18", "jax"))
+        pytest.skip(f"this jaxlib does not know {throughput.tuned_cpu_flags('train')}")
+    env = throughput.worker_env(throughput.Job("resnet18", "jax", mode="infer"))
     args = [f"{n}:{s}:auto" for n, s in YNN_CASES] + ["resnet18:224:xla"]
     proc = subprocess.run([sys.executable, "-c", YNN_PROBE, str(tmp_path), *args], env=env,
                           capture_output=True, text=True, timeout=600)
@@ -138,10 +140,42 @@ def test_no_convolution_in_ynnpack_fusions(tmp_path):
     assert ynnpack_convolutions((tmp_path / "resnet18_224_xla.hlo").read_text()) > 0
 
 
+TRAIN_PROBE = """
+import sys, jax, jax.numpy as jnp, jaxnets
+from parity import throughput, training
+out, name, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+model = jaxnets.build(name)
+x, y = jnp.zeros((2, size, size, 3), jnp.float32), jnp.zeros((2,), jnp.int32)
+v = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+tx, train, _ = throughput.jax_programs(model, 0.1)
+state = jax.eval_shape(lambda v: training.flax_state(v, tx), v)
+open(out, "w").write(jax.jit(train).lower(state, x, y).compile().as_text())
+"""
+TRANSPOSE_FUSION = re.compile(r"^\s*%transpose\w*fusion[.\d]* = \S+ fusion\(([^)]*)\)", re.M)
+
+
+def test_train_flag_reaches_the_compiler(tmp_path):
+    """The bench's train-step option (xla_cpu_flatten_after_fusion) goes through
+    --xla_backend_extra_options, which a jaxlib that dropped it would ignore silently. Its effect, in
+    resnet20's train step at 32x32: the fusions that transpose for the weight gradients read fewer
+    operands (less of BatchNorm's backward copied in; measured 20 -> 8 at most, 298 -> 171 in all)."""
+    if not throughput.tuned_flags_supported():
+        pytest.skip(f"this jaxlib does not know {throughput.tuned_cpu_flags('train')}")
+    widest = {}
+    for mode in ("infer", "train"):  # the same worker, with the inference flags and with the train flags
+        env = throughput.worker_env(throughput.Job("resnet20", "jax", mode=mode))
+        out = tmp_path / f"{mode}.hlo"
+        proc = subprocess.run([sys.executable, "-c", TRAIN_PROBE, str(out), "resnet20", "32"], env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        widest[mode] = max(len(m.group(1).split(", ")) for m in TRANSPOSE_FUSION.finditer(out.read_text()))
+    assert widest["train"] < widest["infer"], widest
+
+
 def test_ynnpack_reproducer_shows_the_fusion_and_the_fence():
     """scripts/xla_ynn_reduce_fusion.py, the stand-alone reproducer users can run on their jaxlib."""
     if not throughput.tuned_flags_supported():
-        pytest.skip(f"this jaxlib does not know {throughput.TUNED_CPU_XLA_FLAGS}")
+        pytest.skip(f"this jaxlib does not know {throughput.tuned_cpu_flags('train')}")
     env = {k: v for k, v in throughput.worker_env(throughput.Job("resnet18", "jax")).items() if k != "XLA_FLAGS"}
     proc = subprocess.run([sys.executable, str(SCRIPTS / "xla_ynn_reduce_fusion.py"), "--batch", "2"], env=env,
                           capture_output=True, text=True, timeout=300)
@@ -166,23 +200,25 @@ def test_ynnpack_fence_is_an_exact_identity(dtype):
                               np.asarray(jax.lax.bitcast_convert_type(x, bits)))
 
 
-@pytest.mark.parametrize("h,stride,groups", [(1, 1, 1), (2, 1, 1), (2, 2, 1), (3, 2, 1), (4, 2, 1), (2, 1, 4),
-                                             (4, 2, 4), (2, 1, 8)])
-def test_conv_taps_matches_torch(h, stride, groups):
-    """conv_taps against torch's conv2d in float64, forward and both gradients (depthwise: groups 8)."""
-    rng = np.random.default_rng(h * 10 + stride + groups)
-    cin, cout = 8, 16
+@pytest.mark.parametrize("k,h,stride,groups", [(3, 1, 1, 1), (3, 2, 1, 1), (3, 2, 2, 1), (3, 3, 2, 1), (3, 4, 2, 1),
+                                               (3, 2, 1, 4), (3, 4, 2, 4), (3, 2, 1, 8), (1, 4, 2, 1), (1, 5, 2, 1),
+                                               (1, 5, 2, 4)])
+def test_conv_taps_matches_torch(k, h, stride, groups):
+    """conv_taps against torch's conv2d in float64, forward and both gradients (depthwise: groups 8;
+    1x1 stride 2: ResNet's downsample)."""
+    rng = np.random.default_rng(h * 10 + stride + groups + k)
+    cin, cout, p = 8, 16, k // 2
     x = rng.standard_normal((2, h, h + 1, cin))
-    w = rng.standard_normal((3, 3, cin // groups, cout))
+    w = rng.standard_normal((k, k, cin // groups, cout))
     g_out = None
     tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
     tw = torch.tensor(w.transpose(3, 2, 0, 1), requires_grad=True)
-    ty = torch.nn.functional.conv2d(tx, tw, stride=stride, padding=1, groups=groups)
+    ty = torch.nn.functional.conv2d(tx, tw, stride=stride, padding=p, groups=groups)
     g_out = rng.standard_normal(ty.shape)
     ty.backward(torch.from_numpy(g_out))
     with jax.enable_x64(True):
         def f(x, w):
-            return layers.conv_taps(x, w, (stride, stride), ((1, 1), (1, 1)), feature_group_count=groups)
+            return layers.conv_taps(x, w, (stride, stride), ((p, p), (p, p)), feature_group_count=groups)
 
         y, vjp = jax.vjp(f, jnp.asarray(x), jnp.asarray(w))
         dx, dw = vjp(jnp.asarray(g_out.transpose(0, 2, 3, 1)))
@@ -198,6 +234,25 @@ def test_taps_chosen_exactly_where_xla_swaps():
     assert not layers.xla_would_swap((3, 3), (4, 4), (4, 4))
     assert not layers.xla_would_swap((1, 1), (1, 1), (1, 1))  # 1x1 convs are never swapped
     assert not layers.xla_would_swap((7, 7), (224, 224), (112, 112))
+
+
+def test_strided_pointwise_rule():
+    assert layers.strided_pointwise((1, 1), (2, 2))
+    assert not layers.strided_pointwise((1, 1), (1, 1))
+    assert not layers.strided_pointwise((3, 3), (2, 2))
+
+
+DILATED_POINTWISE = re.compile(r"convolution\(.*window=\{size=1x1[^}]*lhs_dilate")
+
+
+def test_strided_pointwise_gradient_is_a_dot():
+    """resnet18 at 64x64: the twin differentiates its strided 1x1 downsample convs into dots and pads;
+    the stock form into 1x1 convolutions over the zero-dilated gradient (4x the work)."""
+    def count(hlo: str) -> int:
+        return sum(1 for line in hlo.splitlines() if DILATED_POINTWISE.search(line))
+
+    assert count(compiled("resnet18", 64, "auto")["train"]) == 0
+    assert count(compiled("resnet18", 64, "xla")["train"]) > 0
 
 
 def test_conv_impl_is_checked():
