@@ -174,16 +174,22 @@ class BatchNorm(nn.Module):
         return y.astype(self.dtype or x.dtype)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
-def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array,
-                     epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Train-mode BatchNorm over every axis but the last: (y, batch mean, biased batch variance),
-    the variance two-pass, as torch computes it."""
+def _batch_moments(x: jax.Array, epsilon: float) -> tuple[jax.Array, ...]:
+    """Over every axis but the last: mean, x - mean, the biased variance (two-pass, as torch) and
+    rsqrt(variance + epsilon)."""
     axes = tuple(range(x.ndim - 1))
     mean = x.mean(axis=axes)
     d = x - mean
     var = jnp.square(d).mean(axis=axes)
-    return d * jax.lax.rsqrt(var + epsilon) * scale + bias, mean, var
+    return mean, d, var, jax.lax.rsqrt(var + epsilon)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array,
+                     epsilon: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Train-mode BatchNorm over every axis but the last: (y, batch mean, biased batch variance)."""
+    mean, d, var, inv = _batch_moments(x, epsilon)
+    return d * inv * scale + bias, mean, var
 
 
 @batch_norm_train.defjvp
@@ -195,10 +201,7 @@ def _batch_norm_train_jvp(epsilon: float, primals: tuple, tangents: tuple) -> tu
     x, scale, bias = primals
     dx, dscale, dbias = tangents
     axes = tuple(range(x.ndim - 1))
-    mean = x.mean(axis=axes)
-    d = x - mean
-    var = jnp.square(d).mean(axis=axes)
-    inv = jax.lax.rsqrt(var + epsilon)
+    mean, d, var, inv = _batch_moments(x, epsilon)
     xhat = d * inv
     dmean = dx.mean(axis=axes)
     dxhat = inv * (dx - dmean - xhat * (dx * xhat).mean(axis=axes))

@@ -33,21 +33,40 @@ REVERSED = re.compile(r"convolution\(.*rhs_reversal")
 
 
 @functools.cache
-def compiled(name: str, size: int, conv_impl: str) -> dict[str, str]:
-    """The optimised HLO of the bench's jitted train step and inference."""
+def compiled(name: str, size: int, conv_impl: str, mode: str) -> str:
+    """The optimised HLO of the bench's jitted train step (mode "train") or inference ("infer"),
+    batch 2, under this process's XLA_FLAGS (PROBE runs it under others)."""
     model = jaxnets.build(name, conv_impl=conv_impl, **training.overrides(name))
     x = jnp.zeros((2, size, size, 3), jnp.float32)
-    y = jnp.zeros((2,), jnp.int32)
     v = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
     tx, train, infer = throughput.jax_programs(model, 0.1)
+    if mode == "infer":
+        return jax.jit(infer).lower(v["params"], v.get("batch_stats", {}), x).compile().as_text()
     state = jax.eval_shape(lambda v: training.flax_state(v, tx), v)
-    return {"train": jax.jit(train).lower(state, x, y).compile().as_text(),
-            "infer": jax.jit(infer).lower(v["params"], v.get("batch_stats", {}), x).compile().as_text()}
+    return jax.jit(train).lower(state, x, jnp.zeros((2,), jnp.int32)).compile().as_text()
+
+
+# compiled() in a fresh interpreter, whose XLA_FLAGS the caller sets: argv = out dir, then
+# name:size:conv_impl:mode per program, each written to <out>/<name>_<size>_<conv_impl>_<mode>.hlo
+PROBE = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_xla_conv import compiled
+for arg in sys.argv[2:]:
+    name, size, impl, mode = arg.split(":")
+    open(f"{{sys.argv[1]}}/{{name}}_{{size}}_{{impl}}_{{mode}}.hlo", "w").write(compiled(name, int(size), impl, mode))
+"""
+
+
+def probe(out: Path, env: dict[str, str], programs: list[str]) -> None:
+    proc = subprocess.run([sys.executable, "-c", PROBE, str(out), *programs], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def reversed_convs(name: str, size: int, conv_impl: str) -> dict[str, int]:
-    texts = compiled(name, size, conv_impl)
-    return {k: sum(1 for line in t.splitlines() if REVERSED.search(line)) for k, t in texts.items()}
+    return {mode: sum(1 for line in compiled(name, size, conv_impl, mode).splitlines() if REVERSED.search(line))
+            for mode in ("train", "infer")}
 
 
 def instructions(hlo: str) -> list[str]:
@@ -88,8 +107,8 @@ def test_same_program_where_nothing_is_swapped():
     """resnet20 at 32x32 (last stage 8x8): both forms compile the train step to the same
     instructions, so a timing difference between them there is run-to-run noise; in eval mode the
     only difference is the identity before the pool (test_no_convolution_in_ynnpack_fusions)."""
-    auto, xla = compiled("resnet20", 32, "auto"), compiled("resnet20", 32, "xla")
-    assert instructions(auto["train"]) == instructions(xla["train"])
+    auto, xla = (compiled("resnet20", 32, impl, "train") for impl in ("auto", "xla"))
+    assert instructions(auto) == instructions(xla)
     a, b = primitives("resnet20", 32, "auto", False), primitives("resnet20", 32, "xla", False)
     assert a.count("reduce_precision") == 1 and "reduce_precision" not in b
     assert [p for p in a if p != "reduce_precision"] == b
@@ -104,20 +123,6 @@ def test_stock_form_has_them():
 # eval mode, where YNNPACK's reduce fusion took the last stage's convolutions (measured, batch 2):
 # resnet18 at 224x224 (6 of 20), resnet20 and plain20 at 32x32 (6 of 19), resnet50 at 64x64 (1 of 18)
 YNN_CASES = [("resnet18", 224), ("resnet20", 32), ("plain20", 32), ("resnet50", 64)]
-YNN_PROBE = """
-import sys, jax, jax.numpy as jnp, jaxnets
-from parity import throughput
-out = sys.argv[1]
-for arg in sys.argv[2:]:
-    name, size, impl = arg.split(":")
-    model = jaxnets.build(name, conv_impl=impl)
-    x = jnp.zeros((2, int(size), int(size), 3), jnp.float32)
-    v = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
-    infer = throughput.jax_programs(model, 0.1)[2]
-    text = jax.jit(infer).lower(v["params"], v.get("batch_stats", {}), x).compile().as_text()
-    open(f"{out}/{name}_{size}_{impl}.hlo", "w").write(text)
-"""
-
 
 def ynnpack_convolutions(hlo: str) -> int:
     """Convolutions inside YNNPACK fusions (parity.profiling.fused_ops)."""
@@ -131,26 +136,12 @@ def test_no_convolution_in_ynnpack_fusions(tmp_path):
     if not throughput.tuned_flags_supported():
         pytest.skip(f"this jaxlib does not know {throughput.tuned_cpu_flags('train')}")
     env = throughput.worker_env(throughput.Job("resnet18", "jax", mode="infer"))
-    args = [f"{n}:{s}:auto" for n, s in YNN_CASES] + ["resnet18:224:xla"]
-    proc = subprocess.run([sys.executable, "-c", YNN_PROBE, str(tmp_path), *args], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    probe(tmp_path, env, [f"{n}:{s}:auto:infer" for n, s in YNN_CASES] + ["resnet18:224:xla:infer"])
     for name, size in YNN_CASES:
-        assert ynnpack_convolutions((tmp_path / f"{name}_{size}_auto.hlo").read_text()) == 0, (name, size)
-    assert ynnpack_convolutions((tmp_path / "resnet18_224_xla.hlo").read_text()) > 0
+        assert ynnpack_convolutions((tmp_path / f"{name}_{size}_auto_infer.hlo").read_text()) == 0, (name, size)
+    assert ynnpack_convolutions((tmp_path / "resnet18_224_xla_infer.hlo").read_text()) > 0
 
 
-TRAIN_PROBE = """
-import sys, jax, jax.numpy as jnp, jaxnets
-from parity import throughput, training
-out, name, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
-model = jaxnets.build(name)
-x, y = jnp.zeros((2, size, size, 3), jnp.float32), jnp.zeros((2,), jnp.int32)
-v = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
-tx, train, _ = throughput.jax_programs(model, 0.1)
-state = jax.eval_shape(lambda v: training.flax_state(v, tx), v)
-open(out, "w").write(jax.jit(train).lower(state, x, y).compile().as_text())
-"""
 TRANSPOSE_FUSION = re.compile(r"^\s*%transpose\w*fusion[.\d]* = \S+ fusion\(([^)]*)\)", re.M)
 
 
@@ -162,13 +153,12 @@ def test_train_flag_reaches_the_compiler(tmp_path):
     if not throughput.tuned_flags_supported():
         pytest.skip(f"this jaxlib does not know {throughput.tuned_cpu_flags('train')}")
     widest = {}
-    for mode in ("infer", "train"):  # the same worker, with the inference flags and with the train flags
-        env = throughput.worker_env(throughput.Job("resnet20", "jax", mode=mode))
-        out = tmp_path / f"{mode}.hlo"
-        proc = subprocess.run([sys.executable, "-c", TRAIN_PROBE, str(out), "resnet20", "32"], env=env,
-                              capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        widest[mode] = max(len(m.group(1).split(", ")) for m in TRANSPOSE_FUSION.finditer(out.read_text()))
+    for flags in ("infer", "train"):  # the same train step, under the inference flags and the train flags
+        (tmp_path / flags).mkdir()
+        probe(tmp_path / flags, throughput.worker_env(throughput.Job("resnet20", "jax", mode=flags)),
+              ["resnet20:32:auto:train"])
+        hlo = (tmp_path / flags / "resnet20_32_auto_train.hlo").read_text()
+        widest[flags] = max(len(m.group(1).split(", ")) for m in TRANSPOSE_FUSION.finditer(hlo))
     assert widest["train"] < widest["infer"], widest
 
 
@@ -251,8 +241,8 @@ def test_strided_pointwise_gradient_is_a_dot():
     def count(hlo: str) -> int:
         return sum(1 for line in hlo.splitlines() if DILATED_POINTWISE.search(line))
 
-    assert count(compiled("resnet18", 64, "auto")["train"]) == 0
-    assert count(compiled("resnet18", 64, "xla")["train"]) > 0
+    assert count(compiled("resnet18", 64, "auto", "train")) == 0
+    assert count(compiled("resnet18", 64, "xla", "train")) > 0
 
 
 def test_conv_impl_is_checked():
