@@ -29,7 +29,7 @@ import numpy as np
 
 from parity import pairs, report
 from parity.config import STRUCT_RTOL, Config
-from parity.judgement import RANK_MIN_SAMPLES, RANK_P, Result, detail_rows, fmt, judge, structure_ok
+from parity.judgement import ILL_CONDITIONED, RANK_MIN_SAMPLES, RANK_P, Result, detail_rows, fmt, judge, structure_ok
 from parity.pairs import Batch, Pair
 from parity.runners import Quantities, flax_runner, jax_precision, run_torch, torch_precision
 from parity.statistics import reduce
@@ -198,7 +198,7 @@ def summary_rows(results: dict[str, Result]) -> list[list[str]]:
         for q in SUMMARY:
             v = by_q.get(q)
             cells.append(f"{fmt(v.torch_dist)}/{fmt(v.flax_dist)}" if v else "-")
-        cells += ["PASS" if r.ok else "FAIL", r.first_bad_layer or "-"]
+        cells += [r.verdict(), r.first_bad_layer or "-"]
         rows.append(cells)
     return rows
 
@@ -279,14 +279,19 @@ def run(args: argparse.Namespace) -> int:
     print("columns: float64 structural disagreement; then 'torch/flax' = median distance of each framework's "
           "working-dtype result to torch's float64 result. Precision: forward quantities by medians, "
           f"gradient-derived ones by a rank test over >= {RANK_MIN_SAMPLES} samples "
-          f"(p < {RANK_P}; see report.md)\n")
+          f"(p < {RANK_P}); not judged where fewer samples ran or torch's own distance is >= {ILL_CONDITIONED:g} "
+          "(see report.md)\n")
     print(report.text_table(rows))
+    for n, r in results.items():
+        for line in r.not_judged():
+            print(f"{n}: not judged: {line}")
     failed = [n for n, r in results.items() if not r.ok]
     print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed")
     env = environment()
     (out / "report.json").write_text(json.dumps({
         "environment": env, "settings": settings,
-        "results": {n: {"ok": r.ok, "failures": r.failures(), "config": r.config, "settings": own[n],
+        "results": {n: {"ok": r.ok, "failures": r.failures(), "not_judged": r.not_judged(), "config": r.config,
+                        "settings": own[n],
                         "verdicts": [dataclasses.asdict(v) for v in r.verdicts],
                         "first_bad_layer": r.first_bad_layer, "layers": r.layers}
                     for n, r in results.items()}}, indent=1, default=str))
@@ -294,7 +299,8 @@ def run(args: argparse.Namespace) -> int:
           f"Environment: {env}", "", f"Settings: {settings}", "", report.markdown_table(rows), ""]
     for n, r in results.items():
         md += [f"## {n}", ""] + ([f"Settings: {own[n]}", ""] if own[n] else [])
-        md += [report.markdown_table(detail_rows(r)), "", f"![{n} layers]({n}_layers.png)", ""]
+        md += [report.markdown_table(detail_rows(r)), ""] + [f"- not judged: {x}" for x in r.not_judged()]
+        md += ["", f"![{n} layers]({n}_layers.png)", ""]
     (out / "report.md").write_text("\n".join(md))
     print(f"reports: {out}/report.json, report.md, <model>_layers.png")
     return 1 if failed else 0

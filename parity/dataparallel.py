@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -439,27 +439,36 @@ class Comparison:
     what: str
     against: str
     kind: str  # "structure" (float64, bound STRUCT_RTOL) or "precision" (float32 vs float64)
-    errors: dict[str, float]  # quantity -> worst relative error (structure) or distance (precision)
+    errors: dict[str, float]  # quantity -> worst relative error (structure) or median distance (precision)
     bound: dict[str, float]
+    status: dict[str, str] = field(default_factory=dict)  # precision: judgement.PASS / FAIL / NOT_JUDGED
+    rule: dict[str, str] = field(default_factory=dict)  # precision: how each quantity was judged, or why not
 
     @property
     def ok(self) -> bool:
+        """Nothing judged failed."""
+        if self.kind == "precision":
+            return all(s != "fail" for s in self.status.values())
         return all(e <= self.bound[q] for q, e in self.errors.items())
+
+    def not_judged(self) -> list[str]:
+        return [f"{self.what} {q}: {self.rule[q]}; not judged" for q, s in self.status.items() if s == "not judged"]
 
 
 QUANTITIES = ("step1", "final", "losses")
 
 
 def check(name: str, devices: int = 2, batch: int = 4, size: int | None = None, steps: int = 10, seed: int = 0,
-          timeout_s: float = 300.0, samples: int = 3, processes: int = 0) -> list[Comparison]:
+          timeout_s: float = 300.0, samples: int = 5, processes: int = 0) -> list[Comparison]:
     """The data-parallel parities of ``name`` on ``devices`` devices, ``batch`` images per device:
     JAX global statistics = one device on the global batch; JAX per-replica = torch DDP; torch DDP =
     one process normalising each shard; each over ``steps`` SGD steps (step 1 and the end compared,
     and every step's loss), float64 structure, then float32 precision of JAX per-replica against
     DDP's own float32 distance to its float64 run, over ``samples`` starts (the exact weights, then
-    one-ulp perturbations), judged as the single-device check judges them (median). With
-    ``processes`` > 1, also JAX global statistics over that many ``jax.distributed`` processes."""
-    from parity import statistics
+    one-ulp perturbations), judged as the single-device check judges quantities after a gradient
+    step (the rank test: not judged with fewer than 5 samples). With ``processes`` > 1, also JAX
+    global statistics over that many ``jax.distributed`` processes."""
+    from parity import judgement, statistics
     from parity.config import STRUCT_RTOL, Config
     from parity.weights import initial_weights, make_batches, perturbed
 
@@ -503,9 +512,13 @@ def check(name: str, devices: int = 2, batch: int = 4, size: int | None = None, 
         w = w32 if i == 0 else perturbed(w32, i)
         distances(f_d, jax_train(name, w, batches, opt, "fp32", "replica", devices))
         distances(t_d, torch_ddp(name, w, batches, opt, "fp32", devices, timeout_s))
-    med = {q: float(np.median(f_d[q])) for q in QUANTITIES}
-    out.append(Comparison("jax per-replica fp32", "torch DDP fp64", "precision", med,
-                          {q: tol.factor * float(np.median(t_d[q])) + tol.floor for q in QUANTITIES}))
+    # judged as the single-device check judges trajectories (judgement.precision_verdict): every
+    # quantity here comes after a gradient step
+    verdicts = {q: judgement.precision_verdict(f_d[q], t_d[q], tol, gradient=True) for q in QUANTITIES}
+    out.append(Comparison("jax per-replica fp32", "torch DDP fp64", "precision",
+                          {q: float(np.median(f_d[q])) for q in QUANTITIES},
+                          {q: tol.factor * float(np.median(t_d[q])) + tol.floor for q in QUANTITIES},
+                          {q: v.status for q, v in verdicts.items()}, {q: v.rule for q, v in verdicts.items()}))
     return out
 
 
@@ -531,20 +544,24 @@ def run(names: list[str], args: Any) -> int:
     out = Path(args.report)
     out.mkdir(parents=True, exist_ok=True)
     rows = [["model", "compared", "against", "judged", "step 1", "after", "losses", "ok"]]
-    results, failed = {}, []
+    results, failed, notes = {}, [], []
     for name in names:
         comps = check(name, args.devices, args.batch, args.size, steps, timeout_s=args.timeout,
                       samples=args.samples, processes=args.processes)
-        results[name] = [vars(c) | {"ok": c.ok} for c in comps]
+        results[name] = [vars(c) | {"ok": c.ok, "not_judged": c.not_judged()} for c in comps]
         failed += [name] if not all(c.ok for c in comps) else []
         for c in comps:
             rows.append([name, c.what, c.against, c.kind, *(f"{c.errors[q]:.1e}" for q in QUANTITIES),
-                         "yes" if c.ok else "NO"])
+                         "NO" if not c.ok else "not judged" if c.not_judged() else "yes"])
+            notes += [f"{name}: {n}" for n in c.not_judged()]
     print(f"\ndata-parallel parity: {args.devices} devices, {args.batch} images per device, {steps} SGD steps"
           + (" (simulated CPU devices: they share this machine's cores)" if args.device == "cpu" else ""))
     print("structure: float64, worst relative error per quantity (bound 1e-10); precision: float32 distance to "
-          "torch DDP float64 (bound 3x DDP's own float32 distance + 1e-5)\n")
+          "torch DDP float64 (bound 3x DDP's own float32 distance + 1e-5; a rank test over >= 5 samples, "
+          "as the single-device check judges trajectories)\n")
     print(report.text_table(rows))
+    for n in notes:
+        print(f"not judged: {n}")
     print(f"\n{len(names) - len(failed)} passed, {len(failed)} failed")
     (out / "report.json").write_text(json.dumps({"devices": args.devices, "batch_per_device": args.batch,
                                                  "steps": steps, "results": results}, indent=1))

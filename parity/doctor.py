@@ -104,6 +104,51 @@ def _conv(where: str, t: Any, f: Any) -> list[Finding]:
     return out
 
 
+def _transpose_padding(k: int, s: int, padding: str) -> tuple[int, int]:
+    """The padding of the stride-dilated input that ``lax.conv_transpose`` uses for 'SAME' / 'VALID'."""
+    if padding == "SAME":
+        pad_len = k + s - 2
+        pad_a = k - 1 if s > k - 1 else -(-pad_len // 2)
+    else:
+        pad_len = k + s - 2 + max(k - s, 0)
+        pad_a = k - 1
+    return pad_a, pad_len - pad_a
+
+
+def _conv_transpose(where: str, t: Any, f: Any) -> list[Finding]:
+    """torch's ConvTranspose(k, s, p, output_padding, dilation) is Flax's ConvTranspose
+    (transpose_kernel=False, the kernel flipped by the weight rules) padding the stride-dilated input
+    (d(k-1) - p, d(k-1) - p + output_padding) per dimension."""
+    out = []
+    n = len(t.kernel_size)
+    strides = f.strides if f.strides is not None else 1
+    strides = (strides,) * n if isinstance(strides, int) else tuple(strides)
+    dil = f.kernel_dilation if f.kernel_dilation is not None else 1
+    dil = (dil,) * n if isinstance(dil, int) else tuple(dil)
+    want = [(d * (k - 1) - p, d * (k - 1) - p + op) for k, d, p, op in
+            zip(t.kernel_size, t.dilation, t.padding, t.output_padding, strict=True)]
+    if isinstance(f.padding, str):
+        got = [_transpose_padding(d * (k - 1) + 1, s, f.padding.upper())
+               for k, d, s in zip(t.kernel_size, dil, strides, strict=True)]
+    else:
+        got = _pairs(f.padding, n)
+    if got != want:
+        out.append(Finding(where, "padding", f"Flax's ConvTranspose pads the dilated input {got}"
+                           + (f" ({f.padding!r})" if isinstance(f.padding, str) else "")
+                           + f"; torch's padding={tuple(t.padding)}, output_padding={tuple(t.output_padding)} is "
+                           f"{want} there"))
+    if tuple(strides) != tuple(t.stride):
+        out.append(Finding(where, "stride", f"Flax strides {tuple(strides)}, torch {tuple(t.stride)}"))
+    if tuple(dil) != tuple(t.dilation):
+        out.append(Finding(where, "dilation", f"Flax kernel_dilation {tuple(dil)}, torch {tuple(t.dilation)}"))
+    if t.groups != 1:
+        out.append(Finding(where, "groups", f"torch groups={t.groups}; Flax's ConvTranspose has no groups"))
+    if getattr(f, "transpose_kernel", False):
+        out.append(Finding(where, "layout", "transpose_kernel=True: the weight rules map torch's kernel for "
+                           "transpose_kernel=False (flipped in space, (I, O, *k) -> (*k, I, O))"))
+    return out
+
+
 def _stock_batchnorm(f: Any) -> bool:
     """Flax's own BatchNorm (Linen or NNX): Flax's momentum convention and a biased running variance."""
     import flax.linen as nn
@@ -141,37 +186,55 @@ def _norm(where: str, kind: str, t: Any, f: Any) -> list[Finding]:
 def diagnose(torch_module: Any, flax_module: Any, torch_args: tuple, flax_args: tuple,
              mode: Callable[[bool], dict], images: bool = True) -> list[Finding]:
     """Every known convention mismatch between the two modules (see the module docstring)."""
-    import torch
-
     findings: list[Finding] = []
     flax_mods, prims = _flax_modules(flax_module, flax_args, mode)
     torch_mods = {mapping.normalize(n): m for n, m in torch_module.named_modules() if n}
     for where, t in torch_mods.items():
         f = flax_mods.get(where)
-        kind = type(t).__name__
-        if f is not None and kind.startswith("Conv") and hasattr(f, "padding"):
-            findings += _conv(where, t, f)
-        elif f is not None and kind.startswith("BatchNorm"):
-            findings += _batchnorm(where, t, f)
-        elif f is not None and kind == "LayerNorm":
-            findings += _norm(where, "layernorm", t, f)
-        elif f is not None and kind == "GroupNorm":
-            findings += _norm(where, "groupnorm", t, f)
-        if isinstance(t, torch.nn.GELU):
-            if t.approximate == "none" and "tanh" in prims and "erf" not in prims:
-                findings.append(Finding(where, "gelu", "torch's GELU is exact (erf); the Flax forward pass uses the "
-                                        "tanh approximation (flax.linen.gelu's default approximate=True)"))
-            elif t.approximate == "tanh" and "erf" in prims and "tanh" not in prims:
-                findings.append(Finding(where, "gelu", "torch's GELU is the tanh approximation; Flax's is exact"))
-        if isinstance(t, (torch.nn.AvgPool1d, torch.nn.AvgPool2d, torch.nn.AvgPool3d)) and np.any(t.padding):
-            findings.append(Finding(where, "avgpool", f"torch pads and count_include_pad={t.count_include_pad}: "
-                                    "check that Flax's avg_pool uses the same count_include_pad"))
-        if isinstance(t, torch.nn.Dropout) and t.p > 0:
-            findings.append(Finding(where, "dropout", f"p={t.p}: the frameworks cannot draw the same masks; "
-                                    "train-mode quantities will differ (set p=0 for the check)"))
+        try:  # a layer the doctor cannot read is one finding; the rest of the model is still read
+            findings += _module(where, t, f, prims)
+        except Exception as e:
+            against = f" against {type(f).__name__}" if f is not None else ""
+            findings.append(Finding(where, "doctor", f"could not read this layer ({type(t).__name__}{against}): "
+                                    f"{type(e).__name__}: {e}"))
     findings += _flatten(torch_module, torch_args, prims, images)
     findings += _precision()
     return findings
+
+
+def _module(where: str, t: Any, f: Any, prims: set[str]) -> list[Finding]:
+    """The findings for one torch module ``t`` and its Flax counterpart ``f`` (None when not found)."""
+    import torch
+
+    kind = type(t).__name__
+    out: list[Finding] = []
+    if f is not None and kind.startswith("ConvTranspose"):
+        out += _conv_transpose(where, t, f)
+    elif f is not None and kind.startswith("Conv") and hasattr(f, "padding"):
+        out += _conv(where, t, f)
+    elif f is not None and kind.startswith("BatchNorm"):
+        out += _batchnorm(where, t, f)
+    elif f is not None and kind == "LayerNorm":
+        out += _norm(where, "layernorm", t, f)
+    elif f is not None and kind == "GroupNorm":
+        out += _norm(where, "groupnorm", t, f)
+    if isinstance(t, torch.nn.GELU):
+        if t.approximate == "none" and "tanh" in prims and "erf" not in prims:
+            out.append(Finding(where, "gelu", "torch's GELU is exact (erf); the Flax forward pass uses the "
+                               "tanh approximation (flax.linen.gelu's default approximate=True)"))
+        elif t.approximate == "tanh" and "erf" in prims and "tanh" not in prims:
+            out.append(Finding(where, "gelu", "torch's GELU is the tanh approximation; Flax's is exact"))
+    if isinstance(t, (torch.nn.AvgPool1d, torch.nn.AvgPool2d, torch.nn.AvgPool3d)) and np.any(t.padding):
+        out.append(Finding(where, "avgpool", f"torch pads and count_include_pad={t.count_include_pad}: "
+                           "check that Flax's avg_pool uses the same count_include_pad"))
+    if isinstance(t, (torch.nn.AvgPool1d, torch.nn.AvgPool2d, torch.nn.AvgPool3d, torch.nn.MaxPool1d,
+                      torch.nn.MaxPool2d, torch.nn.MaxPool3d)) and t.ceil_mode:
+        out.append(Finding(where, "pool", "torch pools with ceil_mode=True; Flax's pooling has no ceil_mode "
+                           "(pad the end by the extra window, with -inf for max pooling)"))
+    if isinstance(t, torch.nn.Dropout) and t.p > 0:
+        out.append(Finding(where, "dropout", f"p={t.p}: the frameworks cannot draw the same masks; "
+                           "train-mode quantities will differ (set p=0 for the check)"))
+    return out
 
 
 def _flatten(torch_module: Any, torch_args: tuple, prims: set[str], images: bool) -> list[Finding]:

@@ -4,15 +4,21 @@
         parity(TorchNet(), FlaxNet(), torch.randn(4, 3, 32, 32))
 
 fails with the first bad layer and both frameworks' distances, and returns the ``Result`` when it
-passes. Importing this plugin imports neither torch nor jax.
+passes; what it could not judge (too few samples, an ill-conditioned quantity) is a
+``NotJudgedWarning``. Importing this plugin imports neither torch nor jax.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+
+
+class NotJudgedWarning(UserWarning):
+    """A parity check passed with some quantity not judged (docs/parity.md, "When nothing is judged")."""
 
 
 def failure_message(result: Any) -> str:
@@ -37,6 +43,9 @@ def assert_parity(torch_module: Any, flax_module: Any, inputs: Any, **options: A
     result = check_pair(torch_module, flax_module, inputs, **options)
     if not result.passed:
         raise AssertionError(failure_message(result))
+    if not result.complete:
+        warnings.warn("parity: passed, but not judged: " + "; ".join(result.not_judged()), NotJudgedWarning,
+                      stacklevel=2)
     return result
 
 

@@ -52,6 +52,14 @@ def test_nominal_cpu_peak_from_cpuinfo():
     assert math.isnan(throughput.cpu_nominal_peak("model name: x\n", cores=2).flops)  # no clock: unknown, not guessed
 
 
+def test_same_work_tolerance_on_cpu_fp32_is_3e_5():
+    """The stated figure, not one derived from the code under test: 3 x the fp32 floor 1e-5."""
+    for gap, ok in ((2.5e-5, True), (3.5e-5, False)):
+        got, _ = bench.same_work({"jax": measurement("jax", 2.0),
+                                  "torch-eager": measurement("torch-eager", 2.0 * (1 + gap))}, "cpu", "fp32")
+        assert got is ok, gap
+
+
 def test_same_work_tolerance_is_the_parity_floor():
     """Bracketed tightly: a gap just under the tolerance passes, just over it is refused."""
     tol = bench.loss_tolerance("cpu", "fp32")

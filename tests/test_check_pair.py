@@ -10,7 +10,7 @@ from torch import nn
 
 import parity
 from examples import convnet, transformer
-from parity import mapping
+from parity import judgement, mapping
 from parity.pytest_plugin import assert_parity
 
 
@@ -125,6 +125,56 @@ def test_rules_embedding_conv1d_layer_norm_and_two_inputs():
     assert "conv" in {la["name"] for la in r.layers}  # (N, C, L) against (N, L, C): compared, not skipped
 
 
+class TorchVolume(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(2, 4, 3, padding=1)
+        self.out = nn.Linear(4 * 4 * 4 * 4, 3)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.conv(x)).permute(0, 2, 3, 4, 1).flatten(1))
+
+
+class FlaxVolume(fnn.Module):
+    @fnn.compact
+    def __call__(self, x):
+        h = fnn.relu(fnn.Conv(4, (3, 3, 3), padding=((1, 1),) * 3, name="conv")(x))
+        return fnn.Dense(3, name="out")(h.reshape(h.shape[0], -1))
+
+
+def test_volumes_move_to_channels_last_like_images():
+    """A 5-D float input (N, C, D, H, W) reaches Flax as (N, D, H, W, C), as a 4-D image does."""
+    r = quick(TorchVolume(), FlaxVolume(), torch.randn(2, 2, 4, 4, 4))
+    assert r.passed, r.report()
+    assert "conv" in {la["name"] for la in r.layers}
+
+
+class TorchGrid(nn.Module):
+    """A 4-D integer input (a map of token ids): it must reach Flax as it is, not as an image."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 2)
+        self.out = nn.Linear(3 * 4 * 5 * 2, 2)
+
+    def forward(self, ids):
+        return self.out(self.emb(ids).flatten(1))
+
+
+class FlaxGrid(fnn.Module):
+    @fnn.compact
+    def __call__(self, ids):
+        h = fnn.Embed(10, 2, name="emb")(ids)
+        return fnn.Dense(2, name="out")(h.reshape(h.shape[0], -1))
+
+
+def test_four_dimensional_integer_inputs_pass_as_they_are():
+    ids = torch.randint(0, 10, (2, 3, 4, 5), generator=torch.Generator().manual_seed(2))
+    r = quick(TorchGrid(), FlaxGrid(), ids)
+    assert r.passed, r.report()
+    assert max(v.struct for v in r.verdicts) <= 1e-10
+
+
 def test_key_map_places_what_the_rules_cannot():
     class Renamed(fnn.Module):
         @fnn.compact
@@ -143,6 +193,45 @@ def test_key_map_places_what_the_rules_cannot():
     r = quick(TorchSeq(), Renamed(), (ids, sig), images=False,
               key_map=lambda k: "params/embedding/embedding" if k == "emb.weight" else None)
     assert r.passed
+
+
+class TorchNarrowBatchNorm(nn.Module):
+    """BatchNorm over 2 values per channel (a batch of 2): its train-mode gradient is nearly zero, so
+    rounding decides every digit of it (resnet50's layer4 at batch 2, 32x32, in miniature)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(6, 8)
+        self.bn = nn.BatchNorm1d(8)
+        self.fc2 = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc2(self.bn(self.fc1(x)))
+
+
+class FlaxNarrowBatchNorm(fnn.Module):
+    @fnn.compact
+    def __call__(self, x, train: bool = False):
+        import jaxnets.layers
+
+        h = jaxnets.layers.BatchNorm(name="bn")(fnn.Dense(8, name="fc1")(x), train)
+        return fnn.Dense(3, name="fc2")(h)
+
+
+def test_ill_conditioned_quantities_are_not_judged():
+    """torch float32's own gradient has no correct digit against float64: 'ill-conditioned: not
+    judged' with the numbers and a hint, never a verdict; the float64 structure step still judges."""
+    torch.manual_seed(0)
+    r = parity.check_pair(TorchNarrowBatchNorm(), FlaxNarrowBatchNorm(), torch.randn(2, 6), samples=5, images=False)
+    grads = next(v for v in r.verdicts if v.quantity == "grads")
+    assert grads.torch_dist >= 0.1, r.report()
+    assert grads.precision == "not judged" and grads.rule.startswith("ill-conditioned"), r.report()
+    assert grads.structure == "pass"
+    assert r.passed and not r.complete
+    line = next(n for n in r.not_judged() if n.startswith("grads precision"))
+    assert "larger batch" in line and f"torch {judgement.fmt(grads.torch_dist)}" in line
+    eval_ = next(v for v in r.verdicts if v.quantity == "eval")
+    assert eval_.precision == "pass"  # the eval forward pass is well conditioned and judged
 
 
 # --------------------------------------------------------------------------- bad input
@@ -215,17 +304,25 @@ def test_doctor_reads_nnx_attributes():
 
 
 def test_nnx_twin_state_round_trips_and_checks_against_torch():
+    """Bit-exact both ways from random statistics (torch's initial 0 and 1 equal NNX's own, and
+    would hide a load that drops them); then checked against torch. With one sample the gradients'
+    precision is not judged (the rank test needs 5): their structure is."""
     import torchnets
-    from parity import nnx
+    from parity import nnx, weights
 
     torch.manual_seed(0)
     tm = torchnets.build("resnet20")
+    tm.load_state_dict(weights.randomize(tm.state_dict(), 0))
     m = nnx.torch_to_nnx(tm.state_dict(), nnx.twin("resnet20"), "resnet20")
     back = nnx.nnx_to_torch(m, "resnet20")
     assert all(torch.equal(back[k], v) for k, v in tm.state_dict().items())  # bit-exact both ways
     r = quick(tm, m, torch.randn(2, 3, 32, 32))
     assert r.passed, r.report()
     assert {"stats", "grads", "sgd_step1"} <= {v.quantity for v in r.verdicts} and r.counters_ok
+    grads = next(v for v in r.verdicts if v.quantity == "grads")
+    assert grads.structure == "pass" and grads.precision == "not judged" and grads.rule == "needs 5 samples, ran 1"
+    assert any(line.startswith("grads precision: needs 5 samples, ran 1; not judged") for line in r.not_judged())
+    assert r.verdict().startswith("PASS (") and "not judged: grads precision" in r.report()
 
 
 def test_native_nnx_module_is_checked_layer_by_layer():

@@ -34,6 +34,10 @@ def test_resnet20_two_devices_all_parities(tmp_path):
     comps = data["results"]["resnet20"]
     assert {(c["what"], c["against"]) for c in comps} == COMPARED
     assert all(c["ok"] for c in comps), comps
+    # one float32 sample: the rank test that judges these post-gradient quantities needs 5
+    precision = next(c for c in comps if c["kind"] == "precision")
+    assert precision["status"] == dict.fromkeys(dataparallel.QUANTITIES, "not judged")
+    assert precision["not_judged"][0].endswith("needs 5 samples, ran 1; not judged")
 
 
 @pytest.mark.slow

@@ -95,6 +95,18 @@ def test_band_and_outside_arithmetic():
     assert v["train_loss"]["ok"] and not v["test_error"]["ok"] and v["test_error"]["fraction"] == 1.0
 
 
+@pytest.mark.parametrize("epochs_outside, ok", [(2, True), (3, False)])
+def test_band_fails_when_more_than_a_quarter_of_the_epochs_are_outside(epochs_outside, ok):
+    """8 epochs, Flax more than one band width outside in 2 (a quarter: passes) or 3 (fails)."""
+    runs = [{"train_loss": [1.0] * 8, "test_error": [0.5] * 8}, {"train_loss": [1.2] * 8, "test_error": [0.6] * 8}]
+    loss = [1.1] * 8
+    for i in range(epochs_outside):
+        loss[i] = 1.7  # 0.5 above a band 0.2 wide: 2.5 widths
+    v = experiment.band_verdict({"train_loss": loss, "test_error": [0.55] * 8}, runs)
+    assert v["train_loss"]["fraction"] == epochs_outside / 8 and v["train_loss"]["ok"] is ok
+    assert v["test_error"]["ok"]
+
+
 def test_rounding_variants_switch_only_what_they_name():
     import torch
 
