@@ -1,12 +1,15 @@
 # make demo: set up .venv if missing, install, run the parity check on a small default set.
 # make test: same set-up, then the test suite (slow variants excluded; `make test-slow` runs them).
+# make test-rounding: the precision-sensitive default tests again under other kernels (AVX2 in XLA,
+# oneDNN and MKL), so that no verdict depends on this CPU's rounding.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # CPU build by default; on a GPU machine e.g. `make test TORCH_SPEC='torch==2.11.*'`.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+ROUNDING := XLA_FLAGS=--xla_cpu_max_isa=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 
-.PHONY: install demo test test-slow test-huge test-all lint clean
+.PHONY: install demo test test-slow test-rounding test-huge test-all lint clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +30,9 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -q -m "slow" $(PYTEST_ARGS)
+
+test-rounding: install
+	$(ROUNDING) $(PY) -m pytest -q -m "precision and not slow and not huge" $(PYTEST_ARGS)
 
 test-huge: install
 	$(PY) -m pytest -q -m "huge" $(PYTEST_ARGS)

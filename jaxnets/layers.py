@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from parity import specs
+import netspecs
 
 Dtype = Any
 BN_EPS = 1e-5
@@ -135,12 +135,15 @@ def conv(cout: int, k: int, stride: int = 1, groups: int = 1, bias: bool = False
 
 
 class BatchNorm(nn.Module):
-    """BatchNorm2d with torch's semantics; Flax's differs in momentum convention, variance
-    formula (E[x^2]-E[x]^2) and the running variance (biased), and has no batch counter."""
+    """BatchNorm with torch's semantics over the last axis; Flax's differs in momentum convention,
+    variance formula (E[x^2]-E[x]^2) and the running variance (biased), and has no batch counter.
+    ``momentum=None`` is torch's cumulative average; ``affine`` and ``track_running_stats`` as torch's."""
 
-    momentum: float = BN_MOMENTUM
+    momentum: float | None = BN_MOMENTUM
     epsilon: float = BN_EPS
     scale_init: Any = nn.initializers.ones
+    affine: bool = True
+    track_running_stats: bool = True
     dtype: Dtype = None
     param_dtype: Dtype = jnp.float32
 
@@ -152,19 +155,26 @@ class BatchNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         c = x.shape[-1]
-        scale = self.param("scale", self.scale_init, (c,), self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+        if self.affine:
+            scale = self.param("scale", self.scale_init, (c,), self.param_dtype)
+            bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+        else:
+            scale, bias = jnp.ones((c,), self.param_dtype), jnp.zeros((c,), self.param_dtype)
+        if not self.track_running_stats:  # torch then normalises with the batch in both modes
+            xs = x.astype(jnp.promote_types(scale.dtype, jnp.float32))
+            return batch_norm_train(xs, scale, bias, self.epsilon)[0].astype(self.dtype or x.dtype)
         mean_v = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), self.param_dtype))
         var_v = self.variable("batch_stats", "var", lambda: jnp.ones((c,), self.param_dtype))
         count = self.variable("batch_stats", "num_batches_tracked", lambda: jnp.zeros((), jnp.int32))
-        # Statistics in at least float32, as torch autocast does for batch_norm.
+        # Statistics in at least float32 (as torch autocast does for batch_norm), in the statistics' dtype.
         stat_dtype = jnp.promote_types(mean_v.value.dtype, jnp.float32)
         xs = x.astype(stat_dtype)
         if train:
             y, mean, var = batch_norm_train(xs, scale, bias, self.epsilon)
             if not self.is_initializing():
                 n = x.size // c
-                m = self.momentum
+                # torch's momentum weighs the new batch; None: the cumulative average over the batches
+                m = 1.0 / (count.value + 1).astype(stat_dtype) if self.momentum is None else self.momentum
                 mean_v.value = ((1 - m) * mean_v.value + m * mean).astype(mean_v.value.dtype)
                 var_v.value = ((1 - m) * var_v.value + m * self.running_var(var, n)).astype(var_v.value.dtype)
                 count.value = count.value + 1
@@ -209,58 +219,79 @@ def _batch_norm_train_jvp(epsilon: float, primals: tuple, tangents: tuple) -> tu
     return (xhat * scale + bias, mean, var), (dxhat * scale + xhat * dscale + dbias, dmean, dvar)
 
 
-def local_response_norm(x: jax.Array) -> jax.Array:
-    """torch.nn.LocalResponseNorm across channels: x / (k + alpha/size * window sum x^2)^beta,
-    the window zero-padded size//2 before and (size-1)//2 after (Flax has no LRN)."""
-    size = LRN["size"]
-    sq = jnp.pad(jnp.square(x), ((0, 0), (0, 0), (0, 0), (size // 2, (size - 1) // 2)))
+def local_response_norm(x: jax.Array, size: int = LRN["size"], alpha: float = LRN["alpha"],
+                        beta: float = LRN["beta"], k: float = LRN["k"]) -> jax.Array:
+    """torch.nn.LocalResponseNorm across channels (the last axis): x / (k + alpha/size * window sum
+    x^2)^beta, the window zero-padded size//2 before and (size-1)//2 after (Flax has no LRN)."""
+    pad = [(0, 0)] * (x.ndim - 1) + [(size // 2, (size - 1) // 2)]
+    sq = jnp.pad(jnp.square(x), pad)
     # a Python 0.0 init lets JAX use its differentiable window-sum (an array init is not, under jit)
-    window = jax.lax.reduce_window(sq, 0.0, jax.lax.add, (1, 1, 1, size), (1, 1, 1, 1), "VALID")
-    return x / (LRN["k"] + LRN["alpha"] / size * window) ** LRN["beta"]
+    window = jax.lax.reduce_window(sq, 0.0, jax.lax.add, (1,) * (x.ndim - 1) + (size,), (1,) * x.ndim, "VALID")
+    return x / (k + alpha / size * window) ** beta
 
 
-def _pool_windows(x: jax.Array, k: int, stride: int, pad: int) -> list[jax.Array]:
-    """The k*k strided views of x padded with -inf, row-major over the window (torch's scan order)."""
-    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _pads(pad: int | Sequence) -> tuple[tuple[int, int], tuple[int, int]]:
+    """An int, (ph, pw) or ((top, bottom), (left, right)) as ((top, bottom), (left, right))."""
+    if isinstance(pad, int):
+        return (pad, pad), (pad, pad)
+    return tuple((p, p) if isinstance(p, int) else (int(p[0]), int(p[1])) for p in pad)
+
+
+def _pool_windows(x: jax.Array, k: tuple[int, int], stride: tuple[int, int],
+                  pad: tuple[tuple[int, int], tuple[int, int]]) -> list[jax.Array]:
+    """The kh*kw strided views of x padded with -inf, row-major over the window (torch's scan order)."""
+    xp = jnp.pad(x, ((0, 0), *pad, (0, 0)), constant_values=-jnp.inf)
     n, h, w, c = xp.shape
-    ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
-    return [jax.lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
-                          (1, stride, stride, 1)) for i in range(k) for j in range(k)]
+    ho, wo = (h - k[0]) // stride[0] + 1, (w - k[1]) // stride[1] + 1
+    return [jax.lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * stride[0] + 1, j + (wo - 1) * stride[1] + 1, c),
+                          (1, *stride, 1)) for i in range(k[0]) for j in range(k[1])]
+
+
+def max_pool(x: jax.Array, k: int | Sequence[int], stride: int | Sequence[int], pad: int | Sequence) -> jax.Array:
+    """torch's MaxPool2d (NHWC, -inf padding; ``pad`` may be asymmetric, as ceil mode needs) as a max
+    over strided views. Its gradient goes to the first maximum of each window in row-major order, as
+    torch's does; it is written out because XLA:CPU runs reduce_window's gradient 25x slower than the
+    forward (docs/benchmark.md)."""
+    return _max_pool(x, _pair(k), _pair(stride), _pads(pad))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def max_pool(x: jax.Array, k: int, stride: int, pad: int) -> jax.Array:
-    """torch's MaxPool2d (NHWC, floor mode, -inf padding) as a max over strided views. Its gradient
-    goes to the first maximum of each window in row-major order, as torch's does; it is written out
-    because XLA:CPU runs reduce_window's gradient 25x slower than the forward (docs/benchmark.md)."""
+def _max_pool(x: jax.Array, k: tuple[int, int], stride: tuple[int, int],
+              pad: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
     return functools.reduce(jnp.maximum, _pool_windows(x, k, stride, pad))
 
 
-def _max_pool_fwd(x: jax.Array, k: int, stride: int, pad: int) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    y = max_pool(x, k, stride, pad)
+def _max_pool_fwd(x: jax.Array, k: tuple[int, int], stride: tuple[int, int],
+                  pad: tuple[tuple[int, int], tuple[int, int]]) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    y = _max_pool(x, k, stride, pad)
     return y, (x, y)
 
 
-def _max_pool_bwd(k: int, stride: int, pad: int, res: tuple[jax.Array, jax.Array],
-                  g: jax.Array) -> tuple[jax.Array]:
+def _max_pool_bwd(k: tuple[int, int], stride: tuple[int, int], pad: tuple[tuple[int, int], tuple[int, int]],
+                  res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array]:
     x, y = res
     windows = _pool_windows(x, k, stride, pad)
-    h, w = x.shape[1] + 2 * pad, x.shape[2] + 2 * pad
+    (top, bottom), (left, right) = pad
+    h, w = x.shape[1] + top + bottom, x.shape[2] + left + right
     ho, wo = y.shape[1], y.shape[2]
     taken = jnp.zeros(y.shape, bool)
     dxp = jnp.zeros((x.shape[0], h, w, x.shape[3]), g.dtype)
     for idx, win in enumerate(windows):
-        i, j = divmod(idx, k)
+        i, j = divmod(idx, k[1])
         hit = (win == y) & ~taken
         taken = taken | hit
         # the transpose of a strided slice: interior padding stride-1, then to the padded frame
         dxp = dxp + jax.lax.pad(jnp.where(hit, g, 0).astype(g.dtype), jnp.zeros((), g.dtype),
-                                ((0, 0, 0), (i, h - i - (ho - 1) * stride - 1, stride - 1),
-                                 (j, w - j - (wo - 1) * stride - 1, stride - 1), (0, 0, 0)))
-    return (dxp[:, pad:h - pad, pad:w - pad, :],)
+                                ((0, 0, 0), (i, h - i - (ho - 1) * stride[0] - 1, stride[0] - 1),
+                                 (j, w - j - (wo - 1) * stride[1] - 1, stride[1] - 1), (0, 0, 0)))
+    return (dxp[:, top:h - bottom, left:w - right, :],)
 
 
-max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def max_pool_3x3(x: jax.Array) -> jax.Array:
@@ -281,13 +312,15 @@ def _adaptive_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m
 
 
-def adaptive_avg_pool(x: jax.Array, out: int) -> jax.Array:
-    """torch's AdaptiveAvgPool2d: bin i averages [floor(i*H/out), ceil((i+1)*H/out)); Flax has none."""
+def adaptive_avg_pool(x: jax.Array, out: int | Sequence[int | None]) -> jax.Array:
+    """torch's AdaptiveAvgPool2d (NHWC): bin i averages [floor(i*H/out), ceil((i+1)*H/out)); ``out`` an
+    int or (oh, ow), None keeping that size. Flax has none."""
     h, w = x.shape[1], x.shape[2]
-    if h == out and w == out:
+    oh, ow = (out, out) if isinstance(out, int) else (out[0] or h, out[1] or w)
+    if h == oh and w == ow:
         return x
-    mh = jnp.asarray(_adaptive_matrix(h, out), x.dtype)
-    mw = jnp.asarray(_adaptive_matrix(w, out), x.dtype)
+    mh = jnp.asarray(_adaptive_matrix(h, oh), x.dtype)
+    mw = jnp.asarray(_adaptive_matrix(w, ow), x.dtype)
     return jnp.einsum("nhwc,ih,jw->nijc", x, mh, mw, precision=jax.lax.Precision.HIGHEST)
 
 
@@ -316,12 +349,12 @@ def shortcut_a(x: jax.Array, cout: int, stride: int) -> jax.Array:
     return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, cout - x.shape[-1])))
 
 
-def check_input(module: nn.Module, spec: specs.Spec, x: Any) -> None:
-    """ValueError naming expected vs got (see parity.specs.check_input); runs at trace time."""
+def check_input(module: nn.Module, spec: netspecs.Spec, x: Any) -> None:
+    """ValueError naming expected vs got (see netspecs.check_input); runs at trace time."""
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise ValueError(f"{spec.name}: expected a jax or numpy array, got {type(x).__name__}")
     leaves = jax.tree_util.tree_leaves(module.variables.get("params", {}))
     param_dtype = leaves[0].dtype if leaves else jnp.dtype(module.param_dtype)
     compute = jnp.dtype(module.dtype).name if module.dtype is not None else None
-    specs.check_input(spec, tuple(x.shape), jnp.dtype(x.dtype).name, jnp.dtype(param_dtype).name,
+    netspecs.check_input(spec, tuple(x.shape), jnp.dtype(x.dtype).name, jnp.dtype(param_dtype).name,
                       "NHWC", compute)

@@ -8,14 +8,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+import netspecs
 from jaxnets import layers
-from parity import specs
 
 
 class Downsample(nn.Module):
     """Projection shortcut (options B and C): 1x1 conv with the block's stride, then BN."""
 
-    b: specs.Block
+    b: netspecs.Block
     dtype: Any = None
     param_dtype: Any = jnp.float32
     conv_impl: str = "auto"
@@ -36,13 +36,13 @@ def shortcut(block: nn.Module, x: jax.Array, train: bool) -> jax.Array:
     return x
 
 
-def _last_bn_init(spec: specs.ResNetSpec):
+def _last_bn_init(spec: netspecs.ResNetSpec):
     return nn.initializers.zeros if spec.zero_init_residual else nn.initializers.ones
 
 
 class BasicBlock(nn.Module):
-    b: specs.Block
-    spec: specs.ResNetSpec
+    b: netspecs.Block
+    spec: netspecs.ResNetSpec
     dtype: Any = None
     param_dtype: Any = jnp.float32
     conv_impl: str = "auto"
@@ -51,9 +51,10 @@ class BasicBlock(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         b, kw = self.b, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         ck = dict(kw, conv_impl=self.conv_impl)
-        out = layers.conv(b.width, 3, b.stride, name="conv1", **ck)(x)
+        s1, s2 = self.spec.strides(b)
+        out = layers.conv(b.width, 3, s1, name="conv1", **ck)(x)
         out = nn.relu(layers.BatchNorm(name="bn1", **kw)(out, train))
-        out = layers.conv(b.out_ch, 3, name="conv2", **ck)(out)
+        out = layers.conv(b.out_ch, 3, s2, name="conv2", **ck)(out)
         out = layers.BatchNorm(scale_init=_last_bn_init(self.spec), name="bn2", **kw)(out, train)
         if b.shortcut != "none":
             out = out + shortcut(self, x, train)
@@ -61,8 +62,8 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    b: specs.Block
-    spec: specs.ResNetSpec
+    b: netspecs.Block
+    spec: netspecs.ResNetSpec
     dtype: Any = None
     param_dtype: Any = jnp.float32
     conv_impl: str = "auto"
@@ -71,12 +72,12 @@ class Bottleneck(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         b, kw = self.b, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         ck = dict(kw, conv_impl=self.conv_impl)
-        s1, s3 = (b.stride, 1) if self.spec.stride_on == "1x1" else (1, b.stride)
+        s1, s2, s3 = self.spec.strides(b)
         out = layers.conv(b.width, 1, s1, name="conv1", **ck)(x)
         out = nn.relu(layers.BatchNorm(name="bn1", **kw)(out, train))
-        out = layers.conv(b.width, 3, s3, groups=self.spec.groups, name="conv2", **ck)(out)
+        out = layers.conv(b.width, 3, s2, groups=self.spec.groups, name="conv2", **ck)(out)
         out = nn.relu(layers.BatchNorm(name="bn2", **kw)(out, train))
-        out = layers.conv(b.out_ch, 1, name="conv3", **ck)(out)
+        out = layers.conv(b.out_ch, 1, s3, name="conv3", **ck)(out)
         out = layers.BatchNorm(scale_init=_last_bn_init(self.spec), name="bn3", **kw)(out, train)
         if b.shortcut != "none":
             out = out + shortcut(self, x, train)
@@ -86,8 +87,8 @@ class Bottleneck(nn.Module):
 class Stage(nn.Module):
     """``layerN``: its blocks named 0, 1, ... as in torchvision."""
 
-    blocks: tuple[specs.Block, ...]
-    spec: specs.ResNetSpec
+    blocks: tuple[netspecs.Block, ...]
+    spec: netspecs.ResNetSpec
     dtype: Any = None
     param_dtype: Any = jnp.float32
     conv_impl: str = "auto"
@@ -101,7 +102,7 @@ class Stage(nn.Module):
 
 
 class ResNet(nn.Module):
-    spec: specs.ResNetSpec
+    spec: netspecs.ResNetSpec
     dtype: Any = None
     param_dtype: Any = jnp.float32
     conv_impl: str = "auto"
@@ -110,10 +111,10 @@ class ResNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         spec, kw = self.spec, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         layers.check_input(self, spec, x)
-        k, stride = (3, 1) if spec.cifar else (7, 2)
-        x = layers.conv(spec.stem_width, k, stride, name="conv1", conv_impl=self.conv_impl, **kw)(x)
+        stem = spec.stem()
+        x = layers.conv(spec.stem_width, stem.kernel, stem.stride, name="conv1", conv_impl=self.conv_impl, **kw)(x)
         x = nn.relu(layers.BatchNorm(name="bn1", **kw)(x, train))
-        if not spec.cifar:
+        if stem.pool:
             x = layers.max_pool_3x3(x)
         for i, blocks in enumerate(spec.stages(), start=1):
             x = Stage(tuple(blocks), spec, conv_impl=self.conv_impl, name=f"layer{i}", **kw)(x, train)

@@ -8,14 +8,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+import netspecs
 from jaxnets import layers
-from parity import specs
 
 
 class Features(nn.Module):
     """The conv stack; each layer is named by its torch Sequential index."""
 
-    spec: specs.VGGSpec
+    spec: netspecs.VGGSpec
     dtype: Any = None
     param_dtype: Any = jnp.float32
     conv_impl: str = "auto"
@@ -40,7 +40,7 @@ class Features(nn.Module):
 class Classifier(nn.Module):
     """Linear-ReLU-Dropout twice, then the output Linear; init N(0, 0.01), bias 0."""
 
-    spec: specs.VGGSpec
+    spec: netspecs.VGGSpec
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
@@ -59,7 +59,7 @@ class Classifier(nn.Module):
 
 
 class VGG(nn.Module):
-    spec: specs.VGGSpec
+    spec: netspecs.VGGSpec
     dtype: Any = None
     param_dtype: Any = jnp.float32
     conv_impl: str = "auto"

@@ -8,8 +8,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     from parity import cli
 
-    args = cli.build_parser().parse_args(argv)
-    return args.run(args)
+    return cli.main(argv)
 
 
 if __name__ == "__main__":

@@ -11,20 +11,33 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from parity import specs
+import netspecs
+from parity import layout
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    import flax.linen as fnn
+    import jax
+    import optax
+    import torch
+
+    Tree = Any  # a pytree of jax or numpy arrays (parameters, statistics, optimizer state)
+    TorchArgs = torch.Tensor | tuple[torch.Tensor, ...]
+    FlaxArgs = jax.Array | tuple[jax.Array, ...]
 
 # Working dtypes: bf16 keeps float32 weights and computes in bfloat16 (torch autocast, Flax dtype=).
 DTYPES = ("fp64", "fp32", "bf16")
 
 
-def overrides(name: str, **extra: Any) -> dict:
+def overrides(name: str, **extra: object) -> dict:
     """Model overrides for running both twins on the same work: VGG's dropout off, because the
     frameworks' RNGs cannot draw the same masks."""
-    off = {"dropout": 0.0} if isinstance(specs.get(name), specs.VGGSpec) else {}  # unknown names raise here
+    off = {"dropout": 0.0} if isinstance(netspecs.get(name), netspecs.VGGSpec) else {}  # unknown names raise here
     return {**extra, **off}
 
 
@@ -34,14 +47,13 @@ def _dtype(dtype: str) -> str:
     return dtype
 
 
-def nhwc(a: np.ndarray) -> np.ndarray:
-    """torch's NCHW batch as Flax's NHWC (other ranks unchanged)."""
-    return a.transpose(0, 2, 3, 1) if np.ndim(a) == 4 else a
+def torch_device(device: str, rank: int | None = None) -> torch.device:
+    """torch's device for ``device`` ("cpu" or "gpu"); on GPU, rank ``rank``'s own (one GPU per rank)."""
+    import torch
 
-
-def nchw(a: np.ndarray) -> np.ndarray:
-    """Flax's NHWC batch as torch's NCHW (other ranks unchanged)."""
-    return a.transpose(0, 3, 1, 2) if np.ndim(a) == 4 else a
+    if device == "gpu":
+        return torch.device("cuda" if rank is None else f"cuda:{rank}")
+    return torch.device("cpu")
 
 
 # --------------------------------------------------------------------------- optimizers
@@ -79,7 +91,7 @@ def _sgd_chain(learning_rate, momentum, nesterov, weight_decay):
                        optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov))
 
 
-def optax_optimizer(opt: Optimizer) -> Any:
+def optax_optimizer(opt: Optimizer) -> optax.GradientTransformation:
     """The optax transformation that updates as torch's optimizer does. The learning rate is state
     (``optax.inject_hyperparams``, in the parameters' dtype) so that schedules set it (``set_lr``)."""
     import optax
@@ -93,7 +105,7 @@ def optax_optimizer(opt: Optimizer) -> Any:
     raise TypeError(f"optimizer must be training.SGD or training.AdamW, got {type(opt).__name__}")
 
 
-def torch_optimizer(opt: Optimizer, params: Any) -> Any:
+def torch_optimizer(opt: Optimizer, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """torch's own optimizer for ``opt``."""
     import torch
 
@@ -109,8 +121,8 @@ def torch_optimizer(opt: Optimizer, params: Any) -> Any:
 # --------------------------------------------------------------------------- torch
 
 
-def torch_model(name: str, weights: Mapping[str, Any], dtype: str = "fp32", device: str = "cpu",
-                channels_last: bool = False, **model_overrides: Any) -> Any:
+def torch_model(name: str, weights: Mapping[str, torch.Tensor], dtype: str = "fp32", device: str = "cpu",
+                channels_last: bool = False, **model_overrides: object) -> torch.nn.Module:
     """torchnets' ``name`` holding ``weights`` in the working dtype's parameter dtype, on ``device``."""
     import torch
 
@@ -119,20 +131,20 @@ def torch_model(name: str, weights: Mapping[str, Any], dtype: str = "fp32", devi
     pdtype = torch.float64 if _dtype(dtype) == "fp64" else torch.float32
     m = torchnets.build(name, **model_overrides).to(dtype=pdtype)
     m.load_state_dict(weights)  # after the cast: loading first would round float64 weights
-    dev = torch.device("cuda" if device == "gpu" else "cpu")
+    dev = torch_device(device)
     return m.to(dev, memory_format=torch.channels_last) if channels_last else m.to(dev)
 
 
-def torch_inputs(x: np.ndarray, dtype: str, device: str = "cpu", channels_last: bool = False) -> Any:
+def torch_inputs(x: np.ndarray, dtype: str, device: str = "cpu", channels_last: bool = False) -> torch.Tensor:
     """An NCHW numpy batch as a torch tensor in the parameter dtype of ``dtype``."""
     import torch
 
-    t = torch.from_numpy(np.asarray(x)).to(torch.device("cuda" if device == "gpu" else "cpu"),
+    t = torch.from_numpy(np.asarray(x)).to(torch_device(device),
                                            torch.float64 if _dtype(dtype) == "fp64" else torch.float32)
     return t.contiguous(memory_format=torch.channels_last) if channels_last and t.ndim == 4 else t
 
 
-def _autocast(model: Any, dtype: str) -> Any:
+def _autocast(model: torch.nn.Module, dtype: str) -> contextlib.AbstractContextManager:
     import torch
 
     if dtype != "bf16":
@@ -140,7 +152,7 @@ def _autocast(model: Any, dtype: str) -> Any:
     return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
 
 
-def _torch_loss(logits: Any, labels: Any) -> Any:
+def _torch_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     import torch
     import torch.nn.functional as F
 
@@ -148,7 +160,7 @@ def _torch_loss(logits: Any, labels: Any) -> Any:
     return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels)
 
 
-def probe_loss_torch(out: Any, target: Any) -> Any:
+def probe_loss_torch(out: TorchArgs, target: TorchArgs) -> torch.Tensor:
     """sum(output * target) over every output: with a fixed random target, a loss whose gradient
     reaches every output element (for models without labels)."""
     import torch
@@ -159,9 +171,10 @@ def probe_loss_torch(out: Any, target: Any) -> Any:
                                                                                                strict=True))
 
 
-def torch_train_step(model: Any, opt: Any, x: Any, labels: Any, dtype: str = "fp32",
+def torch_train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: TorchArgs, labels: TorchArgs,
+                     dtype: str = "fp32",
                      before_update: Callable[[], None] | None = None,
-                     loss: Callable[[Any, Any], Any] | None = None) -> tuple[Any, Any]:
+                     loss: Callable[[Any, Any], torch.Tensor] | None = None) -> tuple[torch.Tensor, TorchArgs]:
     """One optimizer step on (x, labels): (loss, outputs) of the forward pass before the update.
     ``x`` may be a tuple of the model's arguments; ``loss(outputs, labels)`` defaults to cross-entropy.
     ``before_update`` runs between backward and the update: the place to read ``p.grad``, which
@@ -177,7 +190,7 @@ def torch_train_step(model: Any, opt: Any, x: Any, labels: Any, dtype: str = "fp
     return value, out
 
 
-def torch_eval_step(model: Any, x: Any, dtype: str = "fp32") -> Any:
+def torch_eval_step(model: torch.nn.Module, x: TorchArgs, dtype: str = "fp32") -> TorchArgs:
     """Inference-mode logits (running statistics, no gradient)."""
     import torch
 
@@ -185,7 +198,7 @@ def torch_eval_step(model: Any, x: Any, dtype: str = "fp32") -> Any:
         return model(*x) if isinstance(x, tuple) else model(x)
 
 
-def set_torch_lr(opt: Any, lr: float) -> None:
+def set_torch_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for g in opt.param_groups:
         g["lr"] = lr
 
@@ -196,21 +209,21 @@ def set_torch_lr(opt: Any, lr: float) -> None:
 class FlaxState(NamedTuple):
     """What a Flax train step carries from step to step."""
 
-    params: Any
-    batch_stats: Any
-    opt_state: Any
+    params: Tree
+    batch_stats: Tree
+    opt_state: optax.OptState
 
 
 class FlaxStep(NamedTuple):
     """What one Flax train step computed besides the new state (before the update)."""
 
-    loss: Any
-    logits: Any  # the model's outputs
-    grads: Any
-    input_grad: Any  # None unless asked for
+    loss: jax.Array
+    logits: Any  # the model's outputs: an array or a tuple of them
+    grads: Tree
+    input_grad: tuple[jax.Array, ...] | None  # None unless asked for
 
 
-def flax_model(name: str, dtype: str = "fp32", conv_impl: str = "auto", **model_overrides: Any) -> Any:
+def flax_model(name: str, dtype: str = "fp32", conv_impl: str = "auto", **model_overrides: object) -> fnn.Module:
     """jaxnets' ``name`` with the working dtype's parameter and compute dtypes."""
     import jax.numpy as jnp
 
@@ -222,37 +235,37 @@ def flax_model(name: str, dtype: str = "fp32", conv_impl: str = "auto", **model_
                          **model_overrides)
 
 
-def flax_variables(name: str, weights: Mapping[str, Any], dtype: str = "fp32", device: Any = None,
-                   **model_overrides: Any) -> dict:
+def flax_variables(name: str, weights: Mapping[str, torch.Tensor], dtype: str = "fp32",
+                   device: jax.Device | None = None, **model_overrides: object) -> dict:
     """torch ``weights`` as the Flax twin's variables (through the converter), floats in the
     parameter dtype of ``dtype``, on ``device`` (a jax device; default: the default one)."""
     import jax
     import jax.numpy as jnp
 
-    from parity import convert
+    from parity.convert import twins
 
     pdtype = jnp.float64 if _dtype(dtype) == "fp64" else jnp.float32
-    variables = convert.torch_to_flax(weights, name, **model_overrides)
+    variables = twins.torch_to_flax(weights, name, **model_overrides)
     variables = jax.tree_util.tree_map(
         lambda a: jnp.asarray(a, pdtype) if jnp.issubdtype(a.dtype, jnp.floating) else jnp.asarray(a), variables)
     return jax.device_put(variables, device) if device is not None else variables
 
 
-def flax_inputs(x: np.ndarray, dtype: str = "fp32", device: Any = None) -> Any:
+def flax_inputs(x: np.ndarray, dtype: str = "fp32", device: jax.Device | None = None) -> jax.Array:
     """An NCHW numpy batch as Flax's NHWC array in the parameter dtype of ``dtype``."""
     import jax
     import jax.numpy as jnp
 
-    a = jnp.asarray(nhwc(np.asarray(x)), jnp.float64 if _dtype(dtype) == "fp64" else jnp.float32)
+    a = jnp.asarray(layout.channels_last(np.asarray(x)), jnp.float64 if _dtype(dtype) == "fp64" else jnp.float32)
     return jax.device_put(a, device) if device is not None else a
 
 
-def flax_state(variables: Mapping[str, Any], tx: Any) -> FlaxState:
+def flax_state(variables: Mapping[str, Tree], tx: optax.GradientTransformation) -> FlaxState:
     params = variables["params"]
     return FlaxState(params, variables.get("batch_stats", {}), tx.init(params))
 
 
-def _flax_loss(logits: Any, labels: Any) -> Any:
+def _flax_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
     import jax.numpy as jnp
     import optax
 
@@ -260,7 +273,7 @@ def _flax_loss(logits: Any, labels: Any) -> Any:
         logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), labels).mean()
 
 
-def probe_loss_flax(out: Any, target: Any) -> Any:
+def probe_loss_flax(out: FlaxArgs, target: FlaxArgs) -> jax.Array:
     """``probe_loss_torch`` for Flax outputs."""
     import jax.numpy as jnp
 
@@ -274,10 +287,11 @@ def _train_flag(train: bool) -> dict:
     return {"train": train}
 
 
-def flax_train_step(model: Any, tx: Any, input_grad: bool = False, loss: Callable[[Any, Any], Any] | None = None,
+def flax_train_step(model: fnn.Module, tx: optax.GradientTransformation, input_grad: bool = False,
+                    loss: Callable[[Any, Any], jax.Array] | None = None,
                     mode: Callable[[bool], dict] = _train_flag,
-                    across: Callable[[Any, Any, Any], tuple[Any, Any, Any]] | None = None
-                    ) -> Callable[[FlaxState, Any, Any], tuple[FlaxState, FlaxStep]]:
+                    across: Callable[[jax.Array, Tree, Tree], tuple[jax.Array, Tree, Tree]] | None = None
+                    ) -> Callable[[FlaxState, FlaxArgs, Any], tuple[FlaxState, FlaxStep]]:
     """``step(state, x, labels) -> (new state, FlaxStep)``, pure: jit it as the caller needs. ``x`` may
     be a tuple of the model's arguments; ``loss(outputs, labels)`` defaults to cross-entropy;
     ``mode(train)`` gives the keyword arguments that put the module in train or eval mode. The input
@@ -305,7 +319,8 @@ def flax_train_step(model: Any, tx: Any, input_grad: bool = False, loss: Callabl
     return step
 
 
-def flax_eval_step(model: Any, capture: bool = False, mode: Callable[[bool], dict] = _train_flag) -> Callable[..., Any]:
+def flax_eval_step(model: fnn.Module, capture: bool = False,
+                   mode: Callable[[bool], dict] = _train_flag) -> Callable[..., Any]:
     """``eval(params, batch_stats, x) -> outputs`` with running statistics (``x`` may be a tuple of
     arguments); with ``capture``, ``(outputs, intermediates)``: every submodule's output."""
 

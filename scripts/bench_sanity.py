@@ -17,9 +17,9 @@ MINIMAL = r"""
 import json, sys, time
 import numpy as np
 fw, steps = sys.argv[1], int(sys.argv[2])
-from parity import throughput
-job = throughput.Job("resnet18", fw, "train", 32, 64, steps=steps, warmup=2)
-sd, x_np, y_np = throughput._inputs(job)
+from parity.bench import jobs, worker
+job = jobs.Job("resnet18", fw, "train", 32, 64, steps=steps, warmup=2)
+sd, x_np, y_np = worker.inputs(job)
 if fw == "jax":
     import jax, jax.numpy as jnp, optax, jaxnets
     from parity import convert
@@ -67,7 +67,7 @@ def run(cmd: list[str]) -> dict:
 
 
 def main() -> None:
-    from parity import throughput
+    from parity.bench import jobs
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=10)
@@ -80,7 +80,7 @@ def main() -> None:
           f"{'run2/run1':>10s} {'bench mean/minimal':>19s} {'bench median/minimal':>21s}")
     for fw in args.frameworks.split(","):
         t0 = time.time()
-        runs = [throughput.run_job(throughput.Job("resnet18", fw, "train", 32, 64, steps=args.steps, warmup=2))
+        runs = [jobs.run_job(jobs.Job("resnet18", fw, "train", 32, 64, steps=args.steps, warmup=2))
                 for _ in range(2)]
         ips = [32 / r.median for r in runs]
         mean_ips = 32 / (sum(runs[0].times_s) / len(runs[0].times_s))

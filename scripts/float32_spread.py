@@ -21,7 +21,9 @@ import argparse
 import torch
 
 import torchnets
-from parity import experiment, report
+from parity import tables
+from parity.experiments import data as datasets
+from parity.experiments import degradation as experiment
 
 
 def main() -> None:
@@ -29,7 +31,7 @@ def main() -> None:
     ap.add_argument("--nets", default=",".join(experiment.DEGRADATION_NETS))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    data = experiment.load_digits(args.seed)
+    data = datasets.load_digits(args.seed)
     run = dict(data=data, epochs=20, batch=128, lr=0.1, seed=args.seed, warmup=1, run_epochs=1)
     rows = [["net", "run", "epoch-1 loss", "gap to torch fp32", "gap to torch fp64"]]
     threads = torch.get_num_threads()
@@ -51,7 +53,7 @@ def main() -> None:
         for k, v in loss.items():
             rows.append([name, k, f"{v:.6f}", f"{abs(v - loss['torch fp32']) / loss['torch fp32']:.3%}",
                          f"{abs(v - loss['torch fp64']) / loss['torch fp64']:.3%}"])
-        print(report.text_table(rows[:1] + rows[-len(loss):]), "\n", flush=True)
+        print(tables.text_table(rows[:1] + rows[-len(loss):]), "\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,32 +6,32 @@ import math
 
 import numpy as np
 
-from parity import specs
+import netspecs
 
 
-def expected(key: str, shape: tuple[int, ...], spec: specs.Spec) -> tuple[str, float]:
+def expected(key: str, shape: tuple[int, ...], spec: netspecs.Spec) -> tuple[str, float]:
     """(distribution, parameter) for one torch key: ('normal', std), ('uniform', bound), ('const', v)."""
     leaf = key.rsplit(".", 1)[-1]
     if leaf == "running_mean" or (leaf == "bias" and len(shape) == 1 and "fc" not in key
-                                  and not (isinstance(spec, specs.ResNetSpec) and key.startswith("fc"))):
+                                  and not (isinstance(spec, netspecs.ResNetSpec) and key.startswith("fc"))):
         return "const", 0.0
     if leaf == "running_var":
         return "const", 1.0
     if len(shape) == 4:  # kaiming normal, fan_out = O * kh * kw (groups ignored, as torch)
         return "normal", math.sqrt(2.0 / (shape[0] * shape[2] * shape[3]))
     if len(shape) == 2:
-        if isinstance(spec, specs.VGGSpec):
+        if isinstance(spec, netspecs.VGGSpec):
             return "normal", 0.01
         return "uniform", 1.0 / math.sqrt(shape[1])
     if leaf == "bias" and key.startswith("fc"):
         return "uniform", 1.0 / math.sqrt(spec.last_channels)
     # BatchNorm scale: 1, or 0 on each block's last BN with zero_init_residual.
-    last = isinstance(spec, specs.ResNetSpec) and spec.zero_init_residual and (
+    last = isinstance(spec, netspecs.ResNetSpec) and spec.zero_init_residual and (
         (spec.block == "basic" and ".bn2." in key) or (spec.block == "bottleneck" and ".bn3." in key))
     return "const", 0.0 if last else 1.0
 
 
-def check(key: str, a: np.ndarray, spec: specs.Spec) -> None:
+def check(key: str, a: np.ndarray, spec: netspecs.Spec) -> None:
     """Assert that ``a`` (torch layout) looks drawn from its expected distribution."""
     kind, p = expected(key, a.shape, spec)
     a = np.asarray(a, np.float64).ravel()

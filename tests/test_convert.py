@@ -6,7 +6,7 @@ import torch
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 import torchnets
-from conftest import REFERENCE, variants
+from helpers import REFERENCE, variants
 from parity import convert
 
 
@@ -144,6 +144,7 @@ def huge_if_heavy():
     return out
 
 
+@pytest.mark.precision
 @pytest.mark.parametrize("name", huge_if_heavy())
 def test_converted_weights_give_the_same_outputs(name):
     """Issue 4's bound on converted weights, with BatchNorm statistics and affine randomised:
@@ -153,8 +154,10 @@ def test_converted_weights_give_the_same_outputs(name):
     import jax.numpy as jnp
 
     import jaxnets
-    from parity import specs, training, weights
-    from parity.config import Config
+    import netspecs
+    from parity import training
+    from parity.check import weights
+    from parity.check.config import Config
 
     if name == "plain1202":
         pytest.skip("plain1202 is chaotic even in float64: weights one ulp apart move torch's own eval "
@@ -163,7 +166,7 @@ def test_converted_weights_give_the_same_outputs(name):
     ov = training.overrides(name)
     # ImageNet nets at 64x64: at 32x32 their last BatchNorm normalises 2 values per channel
     # (batch 2, 1x1), where train mode is ill-conditioned even in float64
-    size = 32 if specs.get(name).input_size == 32 else 64
+    size = 32 if netspecs.get(name).input_size == 32 else 64
     x = np.random.default_rng(0).standard_normal((2, 3, size, size))
     torch.manual_seed(0)
     if Config(name).calibrates:  # the parity check's rule: random statistics

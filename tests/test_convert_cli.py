@@ -3,9 +3,11 @@
 import pytest
 import torch
 
+import helpers
 import torchnets
-from parity import convert, io
+from parity import convert
 from parity.__main__ import main
+from parity.convert import files
 
 
 @pytest.fixture(scope="module")
@@ -13,7 +15,7 @@ def resnet18_10(tmp_path_factory):
     """A fine-tuned-looking torchvision checkpoint: resnet18 with a 10-class fc."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "r18.safetensors"
-    io.save(path, torchnets.build("resnet18", num_classes=10).state_dict())
+    files.save(path, torchnets.build("resnet18", num_classes=10).state_dict())
     return path
 
 
@@ -22,13 +24,13 @@ def test_reads_the_variant_and_the_classifier_size(resnet18_10, tmp_path, capsys
     assert main(["convert", str(resnet18_10), str(out)]) == 0
     text = capsys.readouterr().out
     assert "identified as resnet18" in text and "classifier has 10 classes" in text
-    variables = io.load(out)
+    variables = files.load(out)
     assert variables["params"]["fc"]["kernel"].shape == (512, 10)
     # and back, the classifier size read from the Flax file
     back = tmp_path / "back.safetensors"
     assert main(["convert", str(out), str(back), "--model", "resnet18"]) == 0
     assert "classifier has 10 classes" in capsys.readouterr().out
-    sd, orig = io.load(back), io.load(resnet18_10)
+    sd, orig = files.load(back), files.load(resnet18_10)
     assert all(torch.equal(sd[k], orig[k]) for k in orig)
 
 
@@ -43,12 +45,12 @@ def test_wrong_model_is_named_and_nothing_written(resnet18_10, tmp_path, capsys)
 def test_ambiguous_and_unknown_checkpoints_keep_the_full_error(tmp_path, capsys):
     # resnet20 (option A shortcuts have no weights) and plain20 have the same state_dict
     path = tmp_path / "r20.safetensors"
-    io.save(path, torchnets.build("resnet20").state_dict())
+    files.save(path, torchnets.build("resnet20").state_dict())
     assert main(["convert", str(path), str(tmp_path / "o.msgpack")]) == 1
     assert "fits 2 variants" in capsys.readouterr().err
     sd = torchnets.build("resnet20").state_dict()
     sd.pop("fc.bias")
-    io.save(tmp_path / "cut.safetensors", sd)
+    files.save(tmp_path / "cut.safetensors", sd)
     assert main(["convert", str(tmp_path / "cut.safetensors"), str(tmp_path / "o.msgpack")]) == 1
     assert "no variant has exactly" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "cut.safetensors"), str(tmp_path / "o.msgpack"), "--model",
@@ -65,31 +67,27 @@ def test_force_and_same_file_guards(resnet18_10, tmp_path, capsys):
     assert main(["convert", str(resnet18_10), str(resnet18_10), "--force"]) == 2
     assert "must differ" in capsys.readouterr().err
     assert main(["convert", str(resnet18_10), str(out), "--force"]) == 0
-    assert io.load(out)["params"]["fc"]["kernel"].shape == (512, 10)
+    assert files.load(out)["params"]["fc"]["kernel"].shape == (512, 10)
 
 
 def test_to_torch_rewrites_a_torch_file_in_another_format(resnet18_10, tmp_path):
     out = tmp_path / "r18.pt"
     assert main(["convert", str(resnet18_10), str(out), "--to", "torch"]) == 0
-    sd, orig = io.load(out), io.load(resnet18_10)
+    sd, orig = files.load(out), files.load(resnet18_10)
     assert list(sd) == list(orig) and all(torch.equal(sd[k], orig[k]) for k in orig)
 
 
 def test_refuses_to_write_when_the_converted_model_disagrees(resnet18_10, tmp_path, capsys, monkeypatch):
     """A converter bug (BatchNorm's running mean and variance crossed) is caught by verify."""
-    swapped = {"running_mean": "var", "running_var": "mean"}
-    for (leaf, nd), rule in list(convert._BY_TORCH.items()):
-        if leaf in swapped:
-            monkeypatch.setitem(convert._BY_TORCH, (leaf, nd),
-                                convert.Rule(leaf, nd, "batch_stats", swapped[leaf], rule.to_flax, rule.to_torch))
-    sd = io.load(resnet18_10)
+    helpers.swap_mean_var(monkeypatch)
+    sd = files.load(resnet18_10)
     g = torch.Generator().manual_seed(0)
     for k in sd:  # statistics that differ, so the swap changes the output (as weights.randomize draws them)
         if k.endswith("running_mean"):
             sd[k] = 0.4 * torch.rand(sd[k].shape, generator=g) - 0.2
         elif k.endswith("running_var"):
             sd[k] = 0.5 + torch.rand(sd[k].shape, generator=g)
-    io.save(tmp_path / "in.safetensors", sd)
+    files.save(tmp_path / "in.safetensors", sd)
     out = tmp_path / "out.msgpack"
     assert main(["convert", str(tmp_path / "in.safetensors"), str(out)]) == 1
     assert "nothing written" in capsys.readouterr().err and not out.exists()
@@ -108,9 +106,9 @@ def test_verify_measures_the_disagreement():
 
 def test_identify_every_variant_from_its_own_state_dict():
     """Each default variant identifies as itself (plain/residual CIFAR pairs share state_dicts)."""
-    from parity import specs
+    import netspecs
 
-    for name in specs.list_models():
+    for name in netspecs.list_models():
         shapes = {k: s for k, (s, _) in convert.expected_state_dict(name).items()}
         found = [m for m, ov in convert.identify(shapes) if not ov]
         assert name in found, name

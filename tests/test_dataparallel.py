@@ -11,7 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from parity import dataparallel, training
+import helpers
+from parity import training
+from parity.check.config import Config
+from parity.check.weights import initial_weights, make_batches
+from parity.dataparallel import check, ddp, meshes
 
 COMPARED = {("jax global", "jax one device"), ("jax per-replica", "torch DDP"),
             ("torch DDP", "torch one process, shards"), ("jax per-replica fp32", "torch DDP fp64")}
@@ -26,53 +30,45 @@ def cli_check(tmp_path, model: str, *args: str, timeout: float = 900) -> dict:
     return json.loads((tmp_path / "report.json").read_text())
 
 
-def test_resnet20_two_devices_all_parities(tmp_path):
+# (model, CLI arguments): resnet20 in the default tier; resnet18 at 64x64, 4 images per device, 10
+# steps (at 32x32, 2 images, its last BatchNorm normalises 2 values per channel and replica, and its 10
+# steps were chaotic even in float64: 1.5e-1 apart, measured); vgg11_bn huge, not slow: its 133M
+# weights make this 5-6 min and a 21 GB peak on a 24 GB, 2-core machine (measured)
+TWO_DEVICES = [
+    ("resnet20", ["--batch", "4", "--steps", "3", "--samples", "1"]),
+    pytest.param("resnet18", ["--batch", "4", "--size", "64", "--steps", "10", "--samples", "1"],
+                 marks=pytest.mark.slow),
+    pytest.param("vgg11_bn", ["--batch", "4", "--size", "64", "--steps", "3", "--samples", "1"],
+                 marks=pytest.mark.huge),
+]
+
+
+@pytest.mark.parametrize("model, args", TWO_DEVICES)
+def test_two_devices_all_parities(tmp_path, model, args):
     """JAX global statistics = one device on the global batch; JAX per-replica = torch DDP; DDP = one
-    process normalising each shard: float64 structure (running statistics included) over 3 SGD
-    steps, float32 precision (10-step trajectories: the slow tier)."""
-    data = cli_check(tmp_path, "resnet20", "--batch", "4", "--steps", "3", "--samples", "1")
-    comps = data["results"]["resnet20"]
+    process normalising each shard: float64 structure (running statistics included), over the steps;
+    float32 precision with one sample is not judged (the rank test that judges these post-gradient
+    quantities needs 5)."""
+    data = cli_check(tmp_path, model, *args, timeout=1800)
+    comps = data["results"][model]
     assert {(c["what"], c["against"]) for c in comps} == COMPARED
     assert all(c["ok"] for c in comps), comps
-    # one float32 sample: the rank test that judges these post-gradient quantities needs 5
     precision = next(c for c in comps if c["kind"] == "precision")
-    assert precision["status"] == dict.fromkeys(dataparallel.QUANTITIES, "not judged")
+    assert precision["status"] == dict.fromkeys(check.QUANTITIES, "not judged")
     assert precision["not_judged"][0].endswith("needs 5 samples, ran 1; not judged")
 
 
-@pytest.mark.slow
-def test_two_devices_resnet18_ten_steps(tmp_path):
-    # 64x64 and 4 images per device: at 32x32, 2 images, resnet18's last BatchNorm normalises 2 values
-    # per channel and replica, and its 10 steps were chaotic even in float64 (1.5e-1 apart, measured)
-    model = "resnet18"
-    data = cli_check(tmp_path, model, "--batch", "4", "--size", "64", "--steps", "10", "--samples", "1", timeout=1800)
-    assert all(c["ok"] for c in data["results"][model]), data["results"][model]
-
-
-# huge, not slow: vgg11_bn's 133M weights make this 5-6 min and a 21 GB peak on a 24 GB, 2-core
-# machine (measured; input size and steps barely matter), which CI's time budget cannot hold
-@pytest.mark.huge
-def test_two_devices_vgg11_bn(tmp_path):
-    model = "vgg11_bn"
-    data = cli_check(tmp_path, model, "--batch", "4", "--size", "64", "--steps", "3", "--samples", "1", timeout=1800)
-    assert all(c["ok"] for c in data["results"][model]), data["results"][model]
-
-
-def _tiny_run(monkeypatch, fault: str, timeout_s: float):
-    from parity.config import Config
-    from parity.weights import initial_weights, make_batches
-
-    monkeypatch.setenv("PARITY_DDP_FAULT", fault)
+def _tiny_run(hook, timeout_s: float):
     cfg = Config("resnet20", batch=4, steps=3)
-    return dataparallel.torch_ddp("resnet20", initial_weights(cfg), make_batches(cfg), training.SGD(0.01), "fp64", 2,
-                                  timeout_s=timeout_s)
+    return ddp.torch_ddp("resnet20", initial_weights(cfg), make_batches(cfg), training.SGD(0.01), "fp64", 2,
+                         timeout_s=timeout_s, hook=hook)
 
 
-@pytest.mark.parametrize("fault", ["exit", "hang"])
-def test_a_rank_that_dies_or_hangs_ends_the_run_naming_it(monkeypatch, fault):
+@pytest.mark.parametrize("hook", [helpers.rank_exits, helpers.rank_hangs])
+def test_a_rank_that_dies_or_hangs_ends_the_run_naming_it(hook):
     start = time.monotonic()
     with pytest.raises((RuntimeError, TimeoutError), match=r"rank(\(s\))? \[?1"):
-        _tiny_run(monkeypatch, f"1:{fault}", timeout_s=15)
+        _tiny_run(hook, timeout_s=15)
     assert time.monotonic() - start < 15 + 90  # the stated timeout plus start-up, never a hang
     assert multiprocessing.active_children() == []  # no rank left behind
 
@@ -81,12 +77,9 @@ def test_replica_reference_keeps_rank_zero_statistics():
     """The single-process DDP reference: the loss is the shards' mean, the statistics shard 0's."""
     import torch
 
-    from parity.config import Config
-    from parity.weights import initial_weights, make_batches
-
     cfg = Config("resnet20", batch=4, steps=1)
     w, (x, y) = initial_weights(cfg), make_batches(cfg)[0]
-    got = dataparallel.torch_replica_reference("resnet20", w, [(x, y)], training.SGD(0.0), "fp64", 2)
+    got = ddp.torch_replica_reference("resnet20", w, [(x, y)], training.SGD(0.0), "fp64", 2)
     m = training.torch_model("resnet20", w, "fp64").train()
     with torch.no_grad():
         m(torch.from_numpy(x[:2]))  # rank 0's shard alone
@@ -94,19 +87,18 @@ def test_replica_reference_keeps_rank_zero_statistics():
     assert all(np.array_equal(got["step1"][k], v) for k, v in want.items())
 
 
-@pytest.mark.slow
-def test_jax_distributed_two_processes_equal_one_device():
+@pytest.mark.parametrize("steps", [1, pytest.param(3, marks=pytest.mark.slow)])
+def test_jax_distributed_two_processes_equal_one_device(steps):
     """The multi-process form: 2 processes (one CPU device each, gloo) joined by jax.distributed,
     global statistics, against one device on the global batch, float64."""
-    from parity import statistics
-    from parity.config import STRUCT_RTOL, Config
-    from parity.weights import initial_weights, make_batches
+    from parity.check import statistics
+    from parity.check.tolerances import STRUCT_RTOL
 
-    cfg = Config("resnet20", batch=4, steps=3)
+    cfg = Config("resnet20", batch=4, steps=steps)
     w, b, opt = initial_weights(cfg), make_batches(cfg), training.SGD(**cfg.sgd)
-    multi = dataparallel.jax_multiprocess("resnet20", w, b, opt, "fp64", 2, timeout_s=120)
-    one = dataparallel.jax_train("resnet20", w, b, opt, "fp64", "single", 1)
-    for q in dataparallel.QUANTITIES:
+    multi = meshes.jax_multiprocess("resnet20", w, b, opt, "fp64", 2, timeout_s=120)
+    one = meshes.jax_train("resnet20", w, b, opt, "fp64", "single", 1)
+    for q in check.QUANTITIES:
         assert max(statistics.struct_errors(multi[q], one[q]).values()) <= STRUCT_RTOL, q
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from parity import doctor
+from parity.check import doctor
 
 
 def diagnose(torch_module, flax_module, shape=(2, 4, 6, 6)):

@@ -3,16 +3,16 @@ import json
 import numpy as np
 import pytest
 
-from parity import experiment
 from parity.__main__ import main
+from parity.experiments import data, degradation, receptive_field
 
 
 def test_digits_data_is_real_and_split():
-    (x, y), (xt, yt) = experiment.load_digits()
+    (x, y), (xt, yt) = data.load_digits()
     assert x.shape[1:] == (3, 8, 8) and len(x) + len(xt) == 1797
     assert set(np.unique(y)) == set(range(10))
     assert abs(float(x.mean())) < 1e-3
-    (xu, _), _ = experiment.load_digits(upscale=2)
+    (xu, _), _ = data.load_digits(upscale=2)
     assert xu.shape[1:] == (3, 16, 16)
 
 
@@ -21,26 +21,27 @@ def test_cifar_binary_reader_validates(tmp_path):
     good = np.concatenate([rng.integers(0, 10, (5, 1)), rng.integers(0, 256, (5, 3072))], axis=1).astype(np.uint8)
     for i in range(1, 6):
         good.tofile(tmp_path / f"data_batch_{i}.bin")
-    with pytest.raises(experiment.DataError, match="test_batch.bin"):
-        experiment.load_cifar10(tmp_path)
+    with pytest.raises(data.DataError, match="test_batch.bin"):
+        data.load_cifar10(tmp_path)
     good.tofile(tmp_path / "test_batch.bin")
-    (x, y), (xt, yt) = experiment.load_cifar10(tmp_path)
+    (x, y), (xt, yt) = data.load_cifar10(tmp_path)
     assert x.shape == (25, 3, 32, 32) and xt.shape == (5, 3, 32, 32)
     (tmp_path / "test_batch.bin").write_bytes(good.tobytes()[:-7])
-    with pytest.raises(experiment.DataError, match="whole number"):
-        experiment.load_cifar10(tmp_path)
+    with pytest.raises(data.DataError, match="whole number"):
+        data.load_cifar10(tmp_path)
     bad = good.copy()
     bad[0, 0] = 200
     bad.tofile(tmp_path / "test_batch.bin")
-    with pytest.raises(experiment.DataError, match="label 200"):
-        experiment.load_cifar10(tmp_path)
+    with pytest.raises(data.DataError, match="label 200"):
+        data.load_cifar10(tmp_path)
 
 
 def test_step_decay():
-    assert [experiment.lr_at(e, 8, 0.1) for e in range(8)] == pytest.approx([0.1] * 4 + [0.01] * 2 + [0.001] * 2)
-    assert [experiment.lr_at(e, 8, 0.1, warmup=1) for e in range(3)] == pytest.approx([0.01, 0.1, 0.1])
+    assert [degradation.lr_at(e, 8, 0.1) for e in range(8)] == pytest.approx([0.1] * 4 + [0.01] * 2 + [0.001] * 2)
+    assert [degradation.lr_at(e, 8, 0.1, warmup=1) for e in range(3)] == pytest.approx([0.01, 0.1, 0.1])
 
 
+@pytest.mark.precision
 def test_degradation_first_epoch_losses_agree(tmp_path, capsys):
     code = main(["experiment", "degradation", "--nets", "resnet20,plain20", "--epochs", "2", "--out",
                  str(tmp_path)])
@@ -74,24 +75,24 @@ def test_degradation_fails_when_the_float64_twins_disagree(tmp_path, monkeypatch
             return {"train_loss": [loss] * n, "train_error": [0.5] * n, "test_error": [0.5] * n}
         return train
 
-    monkeypatch.setattr(experiment, "train_torch", fake(0.0))
-    monkeypatch.setattr(experiment, "train_flax", fake(0.02))
+    monkeypatch.setattr(degradation, "train_torch", fake(0.0))
+    monkeypatch.setattr(degradation, "train_flax", fake(0.02))
     code = main(["experiment", "degradation", "--nets", "resnet20,plain20", "--epochs", "2", "--out",
                  str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 1 and "FAIL: resnet20, plain20" in out
-    monkeypatch.setattr(experiment, "train_flax", fake(0.009))  # within the bound
+    monkeypatch.setattr(degradation, "train_flax", fake(0.009))  # within the bound
     assert main(["experiment", "degradation", "--nets", "resnet20", "--epochs", "2", "--out", str(tmp_path)]) == 0
 
 
 def test_band_and_outside_arithmetic():
     runs = [{"train_loss": [1.0, 0.5], "test_error": [0.5, 0.2]}, {"train_loss": [1.2, 0.4], "test_error": [0.4, 0.2]}]
-    assert experiment.band(runs, "train_loss") == ([1.0, 0.4], [1.2, 0.5])
+    assert degradation.band(runs, "train_loss") == ([1.0, 0.4], [1.2, 0.5])
     # 1.5 is 0.3 above a band 0.2 wide: 1.5 widths; inside is 0
-    assert experiment.outside([1.5, 0.45], [1.0, 0.4], [1.2, 0.5], "train_loss") == pytest.approx([1.5, 0.0])
+    assert degradation.outside([1.5, 0.45], [1.0, 0.4], [1.2, 0.5], "train_loss") == pytest.approx([1.5, 0.0])
     # a band of identical curves has the floor as its width: 2 points of test error
-    assert experiment.outside([0.23], [0.2], [0.2], "test_error") == pytest.approx([1.5])
-    v = experiment.band_verdict({"train_loss": [1.1, 0.45], "test_error": [0.9, 0.9]}, runs)
+    assert degradation.outside([0.23], [0.2], [0.2], "test_error") == pytest.approx([1.5])
+    v = degradation.band_verdict({"train_loss": [1.1, 0.45], "test_error": [0.9, 0.9]}, runs)
     assert v["train_loss"]["ok"] and not v["test_error"]["ok"] and v["test_error"]["fraction"] == 1.0
 
 
@@ -102,7 +103,7 @@ def test_band_fails_when_more_than_a_quarter_of_the_epochs_are_outside(epochs_ou
     loss = [1.1] * 8
     for i in range(epochs_outside):
         loss[i] = 1.7  # 0.5 above a band 0.2 wide: 2.5 widths
-    v = experiment.band_verdict({"train_loss": loss, "test_error": [0.55] * 8}, runs)
+    v = degradation.band_verdict({"train_loss": loss, "test_error": [0.55] * 8}, runs)
     assert v["train_loss"]["fraction"] == epochs_outside / 8 and v["train_loss"]["ok"] is ok
     assert v["test_error"]["ok"]
 
@@ -111,14 +112,14 @@ def test_rounding_variants_switch_only_what_they_name():
     import torch
 
     threads = torch.get_num_threads()
-    with experiment.rounding("oneDNN off"):
+    with degradation.rounding("oneDNN off"):
         assert not torch.backends.mkldnn.enabled
     assert torch.backends.mkldnn.enabled
-    with experiment.rounding("1 thread"):
+    with degradation.rounding("1 thread"):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == threads
     with pytest.raises(ValueError, match="variant must be one of"):
-        experiment.rounding("fast math").__enter__()
+        degradation.rounding("fast math").__enter__()
 
 
 def test_degradation_fails_when_flax_leaves_torchs_band(tmp_path, monkeypatch, capsys):
@@ -139,11 +140,11 @@ def test_degradation_fails_when_flax_leaves_torchs_band(tmp_path, monkeypatch, c
             return {"train_loss": [2.01] * n, "train_error": [0.51] * n, "test_error": [0.51 + offset] * n}
         return run
 
-    monkeypatch.setattr(experiment, "train_torch", torch_run)
-    monkeypatch.setattr(experiment, "train_flax", flax_run(0.0))
+    monkeypatch.setattr(degradation, "train_torch", torch_run)
+    monkeypatch.setattr(degradation, "train_flax", flax_run(0.0))
     args = ["experiment", "degradation", "--nets", "resnet20", "--epochs", "3", "--no-float64", "--out", str(tmp_path)]
     assert main(args) == 0
-    monkeypatch.setattr(experiment, "train_flax", flax_run(0.10))
+    monkeypatch.setattr(degradation, "train_flax", flax_run(0.10))
     assert main(args) == 1
     out = capsys.readouterr().out
     assert "leave torch's band: FAIL: resnet20" in out and "0/3, 3/3" in out
@@ -168,13 +169,13 @@ def test_chaotic_nets_are_shown_against_the_band_not_judged(tmp_path, monkeypatc
         return {"train_loss": [loss] * n, "train_error": [0.5] * n, "test_error": [0.5] * n}
 
     args = ["experiment", "degradation", "--nets", "resnet20", "--epochs", "3", "--out", str(tmp_path)]
-    monkeypatch.setattr(experiment, "train_flax", flax_run)
-    monkeypatch.setattr(experiment, "train_torch", torch_run(True))
+    monkeypatch.setattr(degradation, "train_flax", flax_run)
+    monkeypatch.setattr(degradation, "train_torch", torch_run(True))
     assert main(args) == 0
     assert "not judged: chaotic" in capsys.readouterr().out
     assert json.loads((tmp_path / "degradation.json").read_text())["results"]["resnet20"]["chaotic"]
     calls["n"] = 0
-    monkeypatch.setattr(experiment, "train_torch", torch_run(False))
+    monkeypatch.setattr(degradation, "train_torch", torch_run(False))
     assert main(args) == 1
     assert "leave torch's band: FAIL: resnet20" in capsys.readouterr().out
 
@@ -183,5 +184,5 @@ def test_receptive_field_table(capsys):
     assert main(["experiment", "receptive-field", "--channels", "8", "--size", "8"]) == 0
     out = capsys.readouterr().out
     assert "2 x 3x3  5x5" in out and "3 x 3x3  7x7" in out
-    rows = experiment.stack_table(8, 8)
+    rows = receptive_field.stack_table(8, 8)
     assert rows[1][3] == "18" and rows[2][3] == "25" and rows[3][3] == "27" and rows[4][3] == "49"

@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parity import arrays, io
+from parity.convert import arrays, files
 
 
 def state_dict():
@@ -40,8 +40,8 @@ def assert_same(a, b):
 @pytest.mark.parametrize("ext", [".safetensors", ".pt", ".pth"])
 def test_state_dict_round_trip(tmp_path, ext):
     sd = state_dict()
-    io.save(tmp_path / f"m{ext}", sd)
-    back = io.load(tmp_path / f"m{ext}")
+    files.save(tmp_path / f"m{ext}", sd)
+    back = files.load(tmp_path / f"m{ext}")
     assert isinstance(back, OrderedDict) and list(back) == list(sd)
     for k in sd:
         assert_same(sd[k], back[k])
@@ -50,21 +50,21 @@ def test_state_dict_round_trip(tmp_path, ext):
 @pytest.mark.parametrize("ext", [".safetensors", ".msgpack"])
 def test_tree_round_trip(tmp_path, ext):
     t = tree()
-    io.save(tmp_path / f"v{ext}", t)
-    back = io.load(tmp_path / f"v{ext}")
+    files.save(tmp_path / f"v{ext}", t)
+    back = files.load(tmp_path / f"v{ext}")
     assert_same(t, back)
     assert isinstance(back["params"]["conv1"]["kernel"], np.ndarray)
 
 
 def test_kind_and_format_mismatches_are_refused(tmp_path):
-    with pytest.raises(io.CheckpointError, match=".pt/.pth file holds a torch state_dict"):
-        io.save(tmp_path / "v.pt", tree())
-    with pytest.raises(io.CheckpointError, match=".msgpack file holds Flax variables"):
-        io.save(tmp_path / "m.msgpack", state_dict())
-    with pytest.raises(io.CheckpointError, match="unknown checkpoint extension '.h5'"):
-        io.save(tmp_path / "m.h5", state_dict())
-    with pytest.raises(io.CheckpointError, match="no such checkpoint"):
-        io.load(tmp_path / "absent.safetensors")
+    with pytest.raises(files.CheckpointError, match=".pt/.pth file holds a torch state_dict"):
+        files.save(tmp_path / "v.pt", tree())
+    with pytest.raises(files.CheckpointError, match=".msgpack file holds Flax variables"):
+        files.save(tmp_path / "m.msgpack", state_dict())
+    with pytest.raises(files.CheckpointError, match="unknown checkpoint extension '.h5'"):
+        files.save(tmp_path / "m.h5", state_dict())
+    with pytest.raises(files.CheckpointError, match="no such checkpoint"):
+        files.load(tmp_path / "absent.safetensors")
     assert not list(tmp_path.iterdir())
 
 
@@ -83,27 +83,27 @@ def test_code_running_pickle_is_refused_and_never_runs(tmp_path, payload):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
         torch.save(obj, f)
-    with pytest.raises(io.CheckpointError, match="not a readable torch checkpoint"):
-        io.load(path)
+    with pytest.raises(files.CheckpointError, match="not a readable torch checkpoint"):
+        files.load(path)
     assert not MARKER.exists()
     # the plain pickle protocol too, not only torch's zip container
     path.write_bytes(pickle.dumps(Exploit()))
-    with pytest.raises(io.CheckpointError):
-        io.load(path)
+    with pytest.raises(files.CheckpointError):
+        files.load(path)
     assert not MARKER.exists()
 
 
 def test_non_tensor_torch_file_is_refused(tmp_path):
     torch.save({"w": torch.ones(1), "epoch": 3}, tmp_path / "m.pt")
-    with pytest.raises(io.CheckpointError, match="non-tensor values"):
-        io.load(tmp_path / "m.pt")
+    with pytest.raises(files.CheckpointError, match="non-tensor values"):
+        files.load(tmp_path / "m.pt")
     torch.save({"state_dict": {"w": torch.ones(1)}, "epoch": 3}, tmp_path / "c.pt")
-    assert list(io.load(tmp_path / "c.pt")) == ["w"]  # a training checkpoint's state_dict is taken
+    assert list(files.load(tmp_path / "c.pt")) == ["w"]  # a training checkpoint's state_dict is taken
 
 
 def _valid_bytes(tmp_path, ext):
     obj = tree() if ext == ".msgpack" else state_dict()
-    io.save(tmp_path / f"ok{ext}", obj)
+    files.save(tmp_path / f"ok{ext}", obj)
     return (tmp_path / f"ok{ext}").read_bytes()
 
 
@@ -116,18 +116,18 @@ def test_damaged_files_raise_checkpoint_error(tmp_path, ext, damage):
             "half_zeroed": good[:16] + bytes(len(good) - 16)}[damage]
     path = tmp_path / f"bad{ext}"
     path.write_bytes(data)
-    with pytest.raises(io.CheckpointError):
-        io.load(path)
+    with pytest.raises(files.CheckpointError):
+        files.load(path)
 
 
 def test_oversized_safetensors_header(tmp_path):
     path = tmp_path / "huge.safetensors"
     path.write_bytes(struct.pack("<Q", 2**40) + b'{"a":1}')
-    with pytest.raises(io.CheckpointError):
-        io.load(path)
+    with pytest.raises(files.CheckpointError):
+        files.load(path)
     path.write_bytes(struct.pack("<Q", 7) + b'{"a":1}')  # a header that is not a tensor table
-    with pytest.raises(io.CheckpointError):
-        io.load(path)
+    with pytest.raises(files.CheckpointError):
+        files.load(path)
 
 
 @pytest.mark.parametrize("ext", [".safetensors", ".pt"])
@@ -135,33 +135,33 @@ def test_nonfinite_weights_are_named(tmp_path, ext):
     sd = state_dict()
     sd["conv1.weight"][0, 0, 0, 0] = float("nan")
     sd["bn1.running_var"][1] = float("inf")
-    io.save(tmp_path / f"m{ext}", sd)
-    with pytest.raises(io.CheckpointError, match=r"2 tensor\(s\): conv1.weight, bn1.running_var"):
-        io.load(tmp_path / f"m{ext}")
-    assert torch.isnan(io.load(tmp_path / f"m{ext}", allow_nonfinite=True)["conv1.weight"]).any()
+    files.save(tmp_path / f"m{ext}", sd)
+    with pytest.raises(files.CheckpointError, match=r"2 tensor\(s\): conv1.weight, bn1.running_var"):
+        files.load(tmp_path / f"m{ext}")
+    assert torch.isnan(files.load(tmp_path / f"m{ext}", allow_nonfinite=True)["conv1.weight"]).any()
 
 
 def test_nonfinite_in_tree_is_named(tmp_path):
     t = tree()
     t["params"]["conv1"]["kernel"][0, 0, 0, 0] = np.inf
-    io.save(tmp_path / "v.msgpack", t)
-    with pytest.raises(io.CheckpointError, match="params/conv1/kernel"):
-        io.load(tmp_path / "v.msgpack")
+    files.save(tmp_path / "v.msgpack", t)
+    with pytest.raises(files.CheckpointError, match="params/conv1/kernel"):
+        files.load(tmp_path / "v.msgpack")
 
 
 @pytest.mark.parametrize("ext", [".safetensors", ".pt", ".msgpack"])
 def test_failed_save_leaves_previous_file_intact(tmp_path, ext, monkeypatch):
     obj = (lambda: tree()) if ext == ".msgpack" else state_dict
     path = tmp_path / f"m{ext}"
-    io.save(path, obj())
+    files.save(path, obj())
     before = path.read_bytes()
 
     def crash(fd):
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(io.os, "fsync", crash)  # dies after the temp file was written
+    monkeypatch.setattr(files.os, "fsync", crash)  # dies after the temp file was written
     with pytest.raises(OSError, match="simulated"):
-        io.save(path, obj())
+        files.save(path, obj())
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
@@ -169,10 +169,10 @@ def test_failed_save_leaves_previous_file_intact(tmp_path, ext, monkeypatch):
 
 def test_unserializable_leaf_fails_before_touching_the_file(tmp_path):
     path = tmp_path / "v.safetensors"
-    io.save(path, tree())
+    files.save(path, tree())
     before = path.read_bytes()
-    with pytest.raises(io.CheckpointError, match="leaf 'params/x' is a str"):
-        io.save(path, {"params": {"x": "not an array"}})
+    with pytest.raises(files.CheckpointError, match="leaf 'params/x' is a str"):
+        files.save(path, {"params": {"x": "not an array"}})
     assert path.read_bytes() == before
 
 
@@ -206,5 +206,5 @@ def test_property_round_trip_every_format(tmp_path, leaves):
     t = {"params": {k: v for k, v in leaves.items()}}
     for ext, obj in [(".safetensors", sd), (".pt", sd), (".safetensors", t), (".msgpack", t)]:
         path = tmp_path / f"x{ext}"
-        io.save(path, obj)
-        assert_same(obj, io.load(path))
+        files.save(path, obj)
+        assert_same(obj, files.load(path))

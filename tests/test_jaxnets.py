@@ -7,10 +7,12 @@ import torch
 from flax.traverse_util import flatten_dict
 
 import jaxnets
+import netspecs
 import torchnets
-from conftest import VERY_DEEP, small_size, variants
+from helpers import VERY_DEEP, small_size, variants
 from initcheck import check as check_init
-from parity import convert, flops, specs
+from netspecs import counts
+from parity import convert
 
 # The documented rule, written out here independently of parity.convert:
 # torch leaf -> (collection, flax leaf), and how the shape changes.
@@ -49,7 +51,7 @@ def test_paths_and_shapes_follow_torch_keys(name):
 def test_param_count_equals_torchnets(name):
     params = abstract_init(name)["params"]
     assert sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params)) == \
-        flops.count(specs.get(name)).params
+        counts.count(netspecs.get(name)).params
 
 
 @pytest.mark.parametrize("name,overrides", [("resnet50", {}), ("resnext50_32x4d", {}), ("vgg11_bn", {}),
@@ -57,7 +59,7 @@ def test_param_count_equals_torchnets(name):
                                             pytest.param("resnet50", {"zero_init_residual": True},
                                                          marks=pytest.mark.slow)])
 def test_init_follows_torchvision(name, overrides):
-    spec = specs.get(name, **overrides)
+    spec = netspecs.get(name, **overrides)
     model = jaxnets.build(name, **overrides)
     s = small_size(name)
     variables = model.init(jax.random.key(0), jnp.zeros((1, s, s, 3)), train=False)
@@ -88,12 +90,12 @@ def test_forward_shapes_and_grads(name):
     assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(variables["params"])
     # the running statistics moved, and the batch counters counted one step
     counters = [v for k, v in flatten_dict(upd.get("batch_stats", {})).items() if k[-1] == "num_batches_tracked"]
-    if isinstance(specs.get(name), specs.ResNetSpec) or specs.get(name).batch_norm:
+    if isinstance(netspecs.get(name), netspecs.ResNetSpec) or netspecs.get(name).batch_norm:
         assert counters and all(int(c) == 1 for c in counters)
 
 
-@pytest.mark.slow  # 15 s each: tracing 1202 layers
-@pytest.mark.parametrize("name", sorted(VERY_DEEP))
+# 15 s each for the very deep nets (tracing 1202 layers); resnet110 is the same code in the default tier
+@pytest.mark.parametrize("name", ["resnet110", *(pytest.param(n, marks=pytest.mark.slow) for n in sorted(VERY_DEEP))])
 def test_very_deep_variants_trace_with_eval_shape(name):
     model = jaxnets.build(name)
     variables = abstract_init(name, 32)

@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from parity import profiling
+from parity.bench import profiling
 
 HLO = """HloModule jit_step
 ENTRY %main {

@@ -1,10 +1,11 @@
 import pytest
 import torch
 
+import netspecs
 import torchnets
-from conftest import REFERENCE, VERY_DEEP, small_size, variants
+from helpers import REFERENCE, VERY_DEEP, small_size, variants
 from initcheck import check as check_init
-from parity import flops, specs
+from netspecs import counts
 
 
 @pytest.mark.parametrize("name", variants(sorted(REFERENCE)))
@@ -22,7 +23,7 @@ def test_state_dict_matches_torchvision(name):
 def test_param_count_matches_analytic(name):
     with torch.device("meta"):
         model = torchnets.build(name)
-    assert sum(p.numel() for p in model.parameters()) == flops.count(specs.get(name)).params
+    assert sum(p.numel() for p in model.parameters()) == counts.count(netspecs.get(name)).params
 
 
 @pytest.mark.parametrize("name,overrides", [("resnet50", {}), ("resnext50_32x4d", {}), ("vgg11_bn", {}),
@@ -30,7 +31,7 @@ def test_param_count_matches_analytic(name):
                                             ("resnet50", {"zero_init_residual": True}), ("vgg11_lrn", {})])
 def test_init_follows_torchvision(name, overrides):
     torch.manual_seed(0)
-    spec = specs.get(name, **overrides)
+    spec = netspecs.get(name, **overrides)
     for key, t in torchnets.build(name, **overrides).state_dict().items():
         if not key.endswith("num_batches_tracked"):
             check_init(key, t.numpy(), spec)
@@ -39,7 +40,7 @@ def test_init_follows_torchvision(name, overrides):
 @pytest.mark.parametrize("name", variants())
 def test_forward_shapes_and_backward(name):
     torch.manual_seed(0)
-    spec = specs.get(name)
+    spec = netspecs.get(name)
     model = torchnets.build(name, num_classes=7)
     s = small_size(name)
     x = torch.randn(2, 3, s, s)

@@ -21,8 +21,10 @@ import pytest
 import torch
 
 import jaxnets
+import netspecs
 from jaxnets import layers
-from parity import profiling, specs, throughput, training
+from parity import training
+from parity.bench import jobs, profiling, worker
 
 # one variant per family: basic, bottleneck, grouped, wide, plain, CIFAR, VGG with BN, LRN and 1x1 convs
 FAMILIES = ["resnet18", "resnet20", "vgg11", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "plain18",
@@ -39,7 +41,7 @@ def compiled(name: str, size: int, conv_impl: str, mode: str) -> str:
     model = jaxnets.build(name, conv_impl=conv_impl, **training.overrides(name))
     x = jnp.zeros((2, size, size, 3), jnp.float32)
     v = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
-    tx, train, infer = throughput.jax_programs(model, 0.1)
+    tx, train, infer = worker.jax_programs(model, 0.1)
     if mode == "infer":
         return jax.jit(infer).lower(v["params"], v.get("batch_stats", {}), x).compile().as_text()
     state = jax.eval_shape(lambda v: training.flax_state(v, tx), v)
@@ -76,7 +78,7 @@ def instructions(hlo: str) -> list[str]:
 
 
 def sizes(name: str) -> list[int]:
-    return sorted({specs.get(name).min_size, 64})
+    return sorted({netspecs.get(name).min_size, 64})
 
 
 @pytest.mark.parametrize("name", [n if n in DEFAULT else pytest.param(n, marks=pytest.mark.slow) for n in FAMILIES])
@@ -133,9 +135,9 @@ def ynnpack_convolutions(hlo: str) -> int:
 def test_no_convolution_in_ynnpack_fusions(tmp_path):
     """Under the bench's XLA flags, eval-mode ResNets keep every convolution in XLA's own kernels;
     the stock form shows the YNNPACK fusion that takes them, so the check can see it."""
-    if not throughput.tuned_flags_supported():
-        pytest.skip(f"this jaxlib does not know {throughput.tuned_cpu_flags('train')}")
-    env = throughput.worker_env(throughput.Job("resnet18", "jax", mode="infer"))
+    if not jobs.tuned_flags_supported():
+        pytest.skip(f"this jaxlib does not know {jobs.tuned_cpu_flags('train')}")
+    env = jobs.worker_env(jobs.Job("resnet18", "jax", mode="infer"))
     probe(tmp_path, env, [f"{n}:{s}:auto:infer" for n, s in YNN_CASES] + ["resnet18:224:xla:infer"])
     for name, size in YNN_CASES:
         assert ynnpack_convolutions((tmp_path / f"{name}_{size}_auto_infer.hlo").read_text()) == 0, (name, size)
@@ -150,12 +152,12 @@ def test_train_flag_reaches_the_compiler(tmp_path):
     --xla_backend_extra_options, which a jaxlib that dropped it would ignore silently. Its effect, in
     resnet20's train step at 32x32: the fusions that transpose for the weight gradients read fewer
     operands (less of BatchNorm's backward copied in; measured 20 -> 8 at most, 298 -> 171 in all)."""
-    if not throughput.tuned_flags_supported():
-        pytest.skip(f"this jaxlib does not know {throughput.tuned_cpu_flags('train')}")
+    if not jobs.tuned_flags_supported():
+        pytest.skip(f"this jaxlib does not know {jobs.tuned_cpu_flags('train')}")
     widest = {}
     for flags in ("infer", "train"):  # the same train step, under the inference flags and the train flags
         (tmp_path / flags).mkdir()
-        probe(tmp_path / flags, throughput.worker_env(throughput.Job("resnet20", "jax", mode=flags)),
+        probe(tmp_path / flags, jobs.worker_env(jobs.Job("resnet20", "jax", mode=flags)),
               ["resnet20:32:auto:train"])
         hlo = (tmp_path / flags / "resnet20_32_auto_train.hlo").read_text()
         widest[flags] = max(len(m.group(1).split(", ")) for m in TRANSPOSE_FUSION.finditer(hlo))
@@ -164,9 +166,9 @@ def test_train_flag_reaches_the_compiler(tmp_path):
 
 def test_ynnpack_reproducer_shows_the_fusion_and_the_fence():
     """scripts/xla_ynn_reduce_fusion.py, the stand-alone reproducer users can run on their jaxlib."""
-    if not throughput.tuned_flags_supported():
-        pytest.skip(f"this jaxlib does not know {throughput.tuned_cpu_flags('train')}")
-    env = {k: v for k, v in throughput.worker_env(throughput.Job("resnet18", "jax")).items() if k != "XLA_FLAGS"}
+    if not jobs.tuned_flags_supported():
+        pytest.skip(f"this jaxlib does not know {jobs.tuned_cpu_flags('train')}")
+    env = {k: v for k, v in jobs.worker_env(jobs.Job("resnet18", "jax")).items() if k != "XLA_FLAGS"}
     proc = subprocess.run([sys.executable, str(SCRIPTS / "xla_ynn_reduce_fusion.py"), "--batch", "2"], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

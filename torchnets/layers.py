@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from parity import specs
+import netspecs
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1  # torch convention: new = (1 - m) * old + m * batch
@@ -58,12 +59,14 @@ def init_weights(model: nn.Module, zero_init_residual_bns: list[nn.BatchNorm2d] 
         nn.init.zeros_(bn.weight)
 
 
-def check_input(model: nn.Module, spec: specs.Spec, x: torch.Tensor) -> None:
-    """ValueError naming expected vs got (see parity.specs.check_input)."""
+def check_input(model: nn.Module, spec: netspecs.Spec, x: torch.Tensor) -> None:
+    """ValueError naming expected vs got (see netspecs.check_input); nothing while torch.fx traces."""
+    if isinstance(x, torch.fx.Proxy):
+        return
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{spec.name}: expected a torch.Tensor, got {type(x).__name__}")
     param_dtype = next(model.parameters()).dtype
-    specs.check_input(spec, tuple(x.shape), _name(x.dtype), _name(param_dtype), "NCHW",
+    netspecs.check_input(spec, tuple(x.shape), _name(x.dtype), _name(param_dtype), "NCHW",
                       _name(torch.get_autocast_dtype(x.device.type))
                       if torch.is_autocast_enabled(x.device.type) else None)
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from parity import specs
+import netspecs
 from torchnets import layers
 
 
 class Downsample(nn.Sequential):
     """Projection shortcut (options B and C): 1x1 conv with the block's stride, then BN."""
 
-    def __init__(self, b: specs.Block):
+    def __init__(self, b: netspecs.Block):
         super().__init__(layers.conv(b.in_ch, b.out_ch, 1, b.stride), layers.batch_norm(b.out_ch))
 
 
-def shortcut(b: specs.Block) -> nn.Module | None:
+def shortcut(b: netspecs.Block) -> nn.Module | None:
     if b.shortcut == "proj":
         return Downsample(b)
     if b.shortcut == "A":
@@ -25,12 +25,13 @@ def shortcut(b: specs.Block) -> nn.Module | None:
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, b: specs.Block, spec: specs.ResNetSpec):
+    def __init__(self, b: netspecs.Block, spec: netspecs.ResNetSpec):
         super().__init__()
-        self.conv1 = layers.conv(b.in_ch, b.width, 3, b.stride)
+        s1, s2 = spec.strides(b)
+        self.conv1 = layers.conv(b.in_ch, b.width, 3, s1)
         self.bn1 = layers.batch_norm(b.width)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = layers.conv(b.width, b.out_ch, 3)
+        self.conv2 = layers.conv(b.width, b.out_ch, 3, s2)
         self.bn2 = layers.batch_norm(b.out_ch)
         self.downsample = shortcut(b)
         self.residual = b.shortcut != "none"
@@ -48,14 +49,14 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    def __init__(self, b: specs.Block, spec: specs.ResNetSpec):
+    def __init__(self, b: netspecs.Block, spec: netspecs.ResNetSpec):
         super().__init__()
-        s1, s3 = (b.stride, 1) if spec.stride_on == "1x1" else (1, b.stride)
+        s1, s2, s3 = spec.strides(b)
         self.conv1 = layers.conv(b.in_ch, b.width, 1, s1)
         self.bn1 = layers.batch_norm(b.width)
-        self.conv2 = layers.conv(b.width, b.width, 3, s3, groups=spec.groups)
+        self.conv2 = layers.conv(b.width, b.width, 3, s2, groups=spec.groups)
         self.bn2 = layers.batch_norm(b.width)
-        self.conv3 = layers.conv(b.width, b.out_ch, 1)
+        self.conv3 = layers.conv(b.width, b.out_ch, 1, s3)
         self.bn3 = layers.batch_norm(b.out_ch)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = shortcut(b)
@@ -77,20 +78,20 @@ class Bottleneck(nn.Module):
 class Stage(nn.Sequential):
     """``layerN``: its blocks named 0, 1, ... as in torchvision."""
 
-    def __init__(self, blocks: list[specs.Block], spec: specs.ResNetSpec):
+    def __init__(self, blocks: list[netspecs.Block], spec: netspecs.ResNetSpec):
         block = Bottleneck if spec.block == "bottleneck" else BasicBlock
         super().__init__(*[block(b, spec) for b in blocks])
 
 
 class ResNet(nn.Module):
-    def __init__(self, spec: specs.ResNetSpec):
+    def __init__(self, spec: netspecs.ResNetSpec):
         super().__init__()
         self.spec = spec
-        k, stride = (3, 1) if spec.cifar else (7, 2)
-        self.conv1 = layers.conv(spec.in_channels, spec.stem_width, k, stride)
+        stem = spec.stem()
+        self.conv1 = layers.conv(spec.in_channels, spec.stem_width, stem.kernel, stem.stride)
         self.bn1 = layers.batch_norm(spec.stem_width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.Identity() if spec.cifar else layers.max_pool_3x3()
+        self.maxpool = layers.max_pool_3x3() if stem.pool else nn.Identity()
         for i, blocks in enumerate(spec.stages(), start=1):
             setattr(self, f"layer{i}", Stage(blocks, spec))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))

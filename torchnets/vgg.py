@@ -1,18 +1,18 @@
-"""VGG (Simonyan & Zisserman) with torchvision's module names, built from parity.specs."""
+"""VGG (Simonyan & Zisserman) with torchvision's module names, built from netspecs."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from parity import specs
+import netspecs
 from torchnets import layers
 
 
 class Features(nn.Sequential):
     """The conv stack: one Sequential entry per spec layer, so indices match torchvision."""
 
-    def __init__(self, spec: specs.VGGSpec):
+    def __init__(self, spec: netspecs.VGGSpec):
         mods, c = [], spec.in_channels
         for layer in spec.features():
             if layer.kind == "conv":
@@ -32,7 +32,7 @@ class Features(nn.Sequential):
 class Classifier(nn.Sequential):
     """Linear-ReLU-Dropout twice, then the output Linear."""
 
-    def __init__(self, spec: specs.VGGSpec):
+    def __init__(self, spec: netspecs.VGGSpec):
         mods = []
         for layer in spec.classifier():
             if layer.kind == "linear":
@@ -45,7 +45,7 @@ class Classifier(nn.Sequential):
 
 
 class VGG(nn.Module):
-    def __init__(self, spec: specs.VGGSpec):
+    def __init__(self, spec: netspecs.VGGSpec):
         super().__init__()
         self.spec = spec
         self.features = Features(spec)

@@ -1,0 +1,108 @@
+"""Distances between one run's quantities and torch's float64 answer, and the rank test that
+compares two frameworks' samples of them (docs/parity.md)."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from parity.check.tolerances import Tolerance
+
+
+def _rel(a: np.ndarray, ref: np.ndarray, scale: float) -> float:
+    if a.shape != ref.shape:
+        return float("inf")
+    d = np.abs(np.asarray(a, np.float64) - np.asarray(ref, np.float64))
+    return float(d.max() / scale) if d.size else 0.0
+
+
+def _scale(ref: Mapping[str, np.ndarray]) -> float:
+    return max((float(np.abs(v).max()) for v in ref.values() if v.size), default=0.0) or 1e-300
+
+
+def struct_errors(a: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> OrderedDict[str, float]:
+    """Per key: max|a_key - ref_key| / max|ref| (the whole quantity's scale); a missing key is inf.
+
+    The quantity's scale, not the key's: a gradient that is mathematically zero (a conv bias
+    feeding a BatchNorm) is float64 noise, and AdamW divides it by its own size.
+    """
+    scale = _scale(ref)
+    return OrderedDict((k, _rel(a[k], r, scale) if k in a else float("inf")) for k, r in ref.items())
+
+
+def distance(a: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> float:
+    """||a - ref||_2 / ||ref||_2 over the whole quantity (all its tensors together).
+
+    The 2-norm, not the max: in float32 a few elements sit at a chaotic edge (a ReLU or an
+    Adam sign(g) of a gradient that is noise), and the max would judge the frameworks by them.
+    """
+    num = den = 0.0
+    for k, r in ref.items():
+        if k not in a or np.shape(a[k]) != np.shape(r):
+            return float("inf")
+        r = np.asarray(r, np.float64)
+        d = np.asarray(a[k], np.float64) - r
+        # vdot, not sum(square()): one temporary less (VGG's classifier is 100M weights)
+        num += float(np.vdot(d, d))
+        den += float(np.vdot(r, r))
+    return float(np.sqrt(num / den)) if den > 0 else float(np.sqrt(num))
+
+
+@dataclass
+class Reduced:
+    """One run's quantities reduced against torch's float64 run.
+
+    kind "struct" (a float64 run): per quantity, per key relative errors (``struct_errors``); per
+    layer, max error over that layer's own scale. kind "distance" (a working-dtype sample): per
+    quantity and per layer, one ``distance``. Counters (num_batches_tracked) are kept as they are.
+    """
+
+    kind: str
+    quantities: dict[str, Any] = field(default_factory=dict)
+    layers: dict[str, float] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+def reduce(stream: Iterable[tuple[str, Any]], ref: Mapping[str, Any], kind: str) -> Reduced:
+    """``stream``'s quantities (a runner's output) reduced against ``ref`` (torch's float64 run), one
+    at a time as they come: a VGG's quantities in float64 are several GB, and the suite must fit
+    a 24 GB machine."""
+    if kind not in ("struct", "distance"):
+        raise ValueError(f"kind must be 'struct' or 'distance', got {kind!r}")
+    out = Reduced(kind)
+    for q, value in stream:
+        if q == "counters":
+            out.counters = value
+        elif q == "layers" and kind == "struct":
+            out.layers = OrderedDict((n, _rel(value[n], r, max(float(np.abs(r).max()), 1e-300)))
+                                     for n, r in ref["layers"].items() if n in value)
+        elif q == "layers":
+            out.layers = {n: distance(value, {n: r}) for n, r in ref["layers"].items()}
+        else:
+            out.quantities[q] = struct_errors(value, ref[q]) if kind == "struct" else distance(value, ref[q])
+    return out
+
+
+@functools.cache
+def _u_count(u: int, n: int, m: int) -> int:
+    """Orderings of n + m values with exactly u (first-group, second-group) pairs in order."""
+    if u < 0:
+        return 0
+    if n == 0 or m == 0:
+        return int(u == 0)
+    # the largest value is from the first group (0 pairs) or the second (n pairs)
+    return _u_count(u, n - 1, m) + _u_count(u - n, n, m - 1)
+
+
+def rank_p(flax: list[float], torch: list[float], tol: Tolerance) -> float:
+    """One-sided exact Mann-Whitney p-value of "Flax is further than factor x torch + floor": the
+    chance, were both equally precise, of at most this few pairs with Flax within the bound."""
+    u = sum(f <= tol.factor * t + tol.floor for f in flax for t in torch)
+    n, m = len(flax), len(torch)
+    return sum(_u_count(k, n, m) for k in range(u + 1)) / math.comb(n + m, n)
