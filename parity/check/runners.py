@@ -226,11 +226,12 @@ def flax_runner(pair: Pair, cfg: Config, dtype: str, device: str) -> Callable[[M
     return run
 
 
-def _flat_intermediates(tree, path=()):
-    """(module path, output) for every captured ``__call__``; the root's own output excluded."""
+def _flat_intermediates(tree: Mapping[str, Any], path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """(module path, output) for every captured ``__call__`` that returned one array (as torch's hooks
+    keep only tensor outputs); the root's own output excluded."""
     for k, v in tree.items():
         if k == "__call__":
-            if path:
+            if path and hasattr(v[0], "shape"):
                 yield path, v[0]
         else:
             yield from _flat_intermediates(v, (*path, k))

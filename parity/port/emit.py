@@ -346,11 +346,14 @@ def _name(target: Any) -> str:
 
 
 def _where(node: fx.Node) -> str:
-    stack = node.meta.get("stack_trace")
-    if stack:
-        last = [ln.strip() for ln in stack.strip().splitlines() if ln.strip()]
-        return f" [{last[-2]}: {last[-1]}]" if len(last) >= 2 else ""
-    return ""
+    """`` [file:line: source]`` of the user's line that made ``node`` (the last frame outside torch)."""
+    lines = (node.meta.get("stack_trace") or "").splitlines()
+    found = ""
+    for i, ln in enumerate(lines):
+        m = re.match(r'\s*File "([^"]+)", line (\d+), in (\S+)', ln)
+        if m and "/torch/" not in m.group(1) and i + 1 < len(lines):
+            found = f" [{m.group(1).rsplit('/', 1)[-1]}:{m.group(2)}: {lines[i + 1].strip()}]"
+    return found
 
 
 __all__ = ["Body", "Emitter", "UnsupportedError", "SLOT", "CLASS", "KWARGS", "math", "operator", "inverse", "renumber",

@@ -183,7 +183,7 @@ ACTIVATIONS: dict[str, Callable[[Emitter, Any, V], str]] = {
     "SiLU": lambda em, m, x: f"nn.silu({x.expr})",
     "Mish": lambda em, m, x: f"{em.helper('mish')}({x.expr})",
     "Hardswish": lambda em, m, x: f"nn.hard_swish({x.expr})",
-    "Hardsigmoid": lambda em, m, x: f"nn.hard_sigmoid({x.expr})",
+    "Hardsigmoid": lambda em, m, x: f"{em.helper('hard_sigmoid')}({x.expr})",
     "Sigmoid": lambda em, m, x: f"nn.sigmoid({x.expr})",
     "Tanh": lambda em, m, x: f"jnp.tanh({x.expr})",
     "ELU": lambda em, m, x: f"nn.elu({x.expr}, alpha={m.alpha})",
@@ -768,6 +768,10 @@ def f_stochastic_depth(em: Emitter, node: fx.Node, x: V, p: Any, mode: Any, trai
     return _same(em, node, x, f"{em.helper('stochastic_depth')}(self, {x.expr}, {rate}, {_py(mode)!r}, train)")
 
 
+def f_hard_sigmoid(em: Emitter, node: fx.Node, x: V, *a: Any, **kw: Any) -> V:
+    return _same(em, node, x, f"{em.helper('hard_sigmoid')}({x.expr})")
+
+
 def _maximum(em: Emitter, node: fx.Node, a: V, b: Any = None, *r: Any, **kw: Any) -> V:
     if isinstance(b, V) and b.tensor:
         return _same(em, node, a, f"jnp.maximum({a.expr}, {_tensor_or_scalar(em, b, a)})")
@@ -796,7 +800,7 @@ def _functions() -> dict[Any, Callable[..., V]]:
         torch.softmax: softmax("jax.nn.softmax"), torch.log_softmax: softmax("jax.nn.log_softmax"),
         F.relu: unary("nn.relu({x})"), F.relu6: unary("nn.relu6({x})"), F.gelu: gelu, F.silu: unary("nn.silu({x})"),
         F.mish: lambda em, node, x, *a, **k: _same(em, node, x, f"{em.helper('mish')}({x.expr})"),
-        F.hardswish: unary("nn.hard_swish({x})"), F.hardsigmoid: unary("nn.hard_sigmoid({x})"),
+        F.hardswish: unary("nn.hard_swish({x})"), F.hardsigmoid: f_hard_sigmoid,
         F.sigmoid: unary("nn.sigmoid({x})"), F.tanh: unary("jnp.tanh({x})"), F.leaky_relu: leaky_relu,
         F.softmax: softmax("jax.nn.softmax"), F.log_softmax: softmax("jax.nn.log_softmax"), F.dropout: f_dropout,
         F.adaptive_avg_pool2d: f_adaptive_avg, F.adaptive_max_pool2d: f_adaptive_max, F.max_pool2d: f_max_pool,

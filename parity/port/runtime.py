@@ -94,6 +94,20 @@ def interpolate(x: jax.Array, size: tuple[int, int], mode: str = "nearest", alig
     return out
 
 
+@jax.custom_jvp
+def hard_sigmoid(x: jax.Array) -> jax.Array:
+    """torch's Hardsigmoid: relu6(x + 3) / 6."""
+    return jnp.minimum(jnp.maximum(x + 3, 0), 6) / 6
+
+
+@hard_sigmoid.defjvp
+def _hard_sigmoid_jvp(primals: tuple, tangents: tuple) -> tuple:
+    # torch's backward multiplies by 1/6 rounded to float32, in float64 too (hardsigmoid_backward)
+    (x,), (t,) = primals, tangents
+    slope = jnp.where((x > -3) & (x < 3), jnp.asarray(np.float32(1 / 6), x.dtype), jnp.zeros((), x.dtype))
+    return hard_sigmoid(x), t * slope
+
+
 def mish(x: jax.Array) -> jax.Array:
     """torch's Mish: x * tanh(softplus(x))."""
     return x * jnp.tanh(jax.nn.softplus(x))

@@ -32,6 +32,7 @@ HELPERS: dict[str, list[tuple[str, str]]] = {
     "avg_pool2d": [(_RUNTIME, "pool_padding"), (_RUNTIME, "avg_pool2d")],
     "adaptive_avg_pool": [(_JAXNETS, "_adaptive_matrix"), (_JAXNETS, "adaptive_avg_pool")],
     "local_response_norm": [(_JAXNETS, "local_response_norm")],
+    "hard_sigmoid": [(_RUNTIME, "hard_sigmoid"), (_RUNTIME, "_hard_sigmoid_jvp")],
     **{n: [(_RUNTIME, n)] for n in ("adaptive_max_pool2d", "interpolate", "mish", "layer_norm", "conv",
                                     "scaled_dot_product_attention", "MultiheadAttention", "stochastic_depth",
                                     "embed_padding")},
@@ -55,7 +56,7 @@ def _definitions(module: str) -> dict[str, str]:
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
             out[node.name] = seg
         elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) \
-                and isinstance(node.value.func, ast.Attribute):
+                and isinstance(node.value.func, ast.Attribute) and isinstance(node.value.func.value, ast.Name):
             out[f"{ast.unparse(node.value.func.value)}.{node.value.func.attr}"] = seg
     return out
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -101,7 +102,9 @@ def _concrete_trace(module: torch.nn.Module, inputs: tuple, path: str, error: Ex
     try:
         tracer = Tracer()
         tracer.record_stack_traces = True
-        return tracer.trace(module, meta_args=meta_args)
+        with warnings.catch_warnings():  # the meta tracer says where it could not propagate shapes: _run does
+            warnings.simplefilter("ignore")
+            return tracer.trace(module, meta_args=meta_args)
     except Exception as e:
         where = path or type(module).__name__
         raise PortError([f"{where} ({type(module).__name__}): its forward could not be traced symbolically "
