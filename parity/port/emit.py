@@ -201,9 +201,19 @@ class Emitter:
         import torch
 
         if node.op == "placeholder":
+            m = self.meta(node)
+            owner = next((a for a in self.t.lists if re.fullmatch(rf"{a}_\d+", node.name)), None)
+            if owner is not None:  # one element of a list argument: the signature takes the list
+                name = _ident(f"{owner}s" if owner == "input" else owner)
+                if name not in self.body.args:
+                    self.names.add(name)
+                    self.body.args.append(name)
+                i = sum(1 for v in self.env.values() if v.expr.startswith(f"{name}["))
+                self.env[node.name] = V(f"{name}[{i}]", tuple(m.shape), canonical(m.shape, not m.is_floating_point()),
+                                        not m.is_floating_point())
+                return
             name = self.var("x" if node.name.startswith("input") else node.name)
             self.body.args.append(name)
-            m = self.meta(node)
             if isinstance(m, torch.Tensor):
                 self.env[node.name] = V(name, tuple(m.shape), canonical(m.shape, not m.is_floating_point()),
                                         not m.is_floating_point())
@@ -316,14 +326,17 @@ class Emitter:
         import torch
 
         self.body.children.append(path)
-        exprs = []
-        for a in args:
+
+        def arg(a: Any) -> str:
             if isinstance(a, V) and a.tensor:
-                exprs.append(self.to(a, canonical(a.shape, a.integer)))
-            elif isinstance(a, V):
-                exprs.append(a.expr)
-            else:
-                raise UnsupportedError(f"{node.target}: an argument of type {type(a).__name__}")
+                return self.to(a, canonical(a.shape, a.integer))
+            if isinstance(a, V):
+                return a.expr
+            if isinstance(a, list):
+                return "[" + ", ".join(arg(x) for x in a) + "]"
+            raise UnsupportedError(f"{node.target}: an argument of type {type(a).__name__}")
+
+        exprs = [arg(a) for a in args]
         exprs += [f"{k}={v.expr}" for k, v in kwargs.items()]
         ctor = f"{CLASS.format(path)}({KWARGS.format(path)}name={node.target.replace('.', '_')!r})"
         call = self.module(node.target, ctor)

@@ -383,8 +383,14 @@ def cat(em: Emitter, node: fx.Node, tensors: Any, dim: Any = const(0)) -> V:
     ts = tensors if isinstance(tensors, list) else list(tensors.items)
     first = ts[0]
     d = _dim(_py(dim), first.ndim)
-    return em.assign(node.name, f"jnp.concatenate([{', '.join(em.to(t, first.perm) for t in ts)}], "
-                     f"axis={first.perm[d]})", shape=tuple(em.meta(node).shape), perm=first.perm)
+    whole = first.expr.rsplit("[", 1)[0]
+    if first.expr.endswith("[0]") and [t.expr for t in ts] == [f"{whole}[{i}]" for i in range(len(ts))] \
+            and whole in em.body.args:  # a list argument, whole: as long as it is, in every instance
+        items = whole
+    else:
+        items = f"[{', '.join(em.to(t, first.perm) for t in ts)}]"
+    return em.assign(node.name, f"jnp.concatenate({items}, axis={first.perm[d]})",
+                     shape=tuple(em.meta(node).shape), perm=first.perm)
 
 
 def stack(em: Emitter, node: fx.Node, tensors: Any, dim: Any = const(0)) -> V:

@@ -126,15 +126,23 @@ def assemble(bodies: dict[str, Body], train_bodies: dict[str, Body],
         slots[p].update({f"{k}": v for k, v in b.slots.items()})
     classes: list[ClassDef] = []
     names_used: set[str] = set(RESERVED)
+    height: dict[str, int] = {}
+
+    def tall(p: str) -> int:  # generated descendants' depth: a container nested in one of its own class
+        if p not in height:
+            kids = bodies[p].children + (train_bodies[p].children if p in train_bodies else [])
+            height[p] = 1 + max((tall(c) for c in kids), default=0)
+        return height[p]
+
     pending = dict(bodies)
     while pending:
         ready = [p for p, b in pending.items()
                  if all(c in resolved for c in b.children + (train_bodies[p].children if p in train_bodies else []))]
-        bases: dict[str, list[str]] = {}
+        bases: dict[tuple[str, int], list[str]] = {}
         for p in pending:
-            bases.setdefault(bodies[p].class_base, []).append(p)
+            bases.setdefault((bodies[p].class_base, tall(p)), []).append(p)
         progress = False
-        for base, members in bases.items():
+        for (base, _), members in bases.items():
             if not all(m in ready for m in members):
                 continue
             progress = True
@@ -143,10 +151,10 @@ def assemble(bodies: dict[str, Body], train_bodies: dict[str, Body],
             groups: dict[tuple, list[str]] = {}
             for p in members:
                 groups.setdefault(tuple(texts[p]), []).append(p)
-            for i, (key, group) in enumerate(groups.items()):
-                name = base if i == 0 else f"{base}_{i}"
-                while name in names_used:
-                    name += "_"
+            for key, group in groups.items():
+                name, k = base, 1
+                while name in names_used:  # another graph (or another depth) of the same torch class
+                    name, k = f"{base}_{k}", k + 1
                 names_used.add(name)
                 keys = [k for k in slots[group[0]] if any(_SLOT.search(line) and f"⟦{k}⟧" in line for line in key)]
                 differ = [k for k in keys if any(slots[q][k] != slots[group[0]][k] for q in group)]

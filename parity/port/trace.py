@@ -38,10 +38,21 @@ class Traced:
     graph: fx.Graph
     meta: dict[str, Any]
     concrete: bool  # traced with the example's concrete shapes
+    lists: dict[str, int] = dataclasses.field(default_factory=dict)  # argument -> length, for list arguments
 
 
 def _qualname(root: torch.nn.Module) -> dict[int, str]:
     return {id(m): n for n, m in root.named_modules(remove_duplicate=False)}
+
+
+def _snapshot(x: Any) -> Any:
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.detach().clone()
+    if isinstance(x, (list, tuple)):
+        return type(x)(_snapshot(v) for v in x)
+    return x
 
 
 def example_inputs(root: torch.nn.Module, args: tuple) -> dict[str, tuple]:
@@ -52,8 +63,8 @@ def example_inputs(root: torch.nn.Module, args: tuple) -> dict[str, tuple]:
     handles = []
     for name, m in root.named_modules():
         def hook(_m: torch.nn.Module, a: tuple, kw: dict, name: str = name) -> None:
-            if name not in seen:
-                seen[name] = tuple(x.detach().clone() if isinstance(x, torch.Tensor) else x for x in a)
+            if name not in seen:  # copies: a caller may go on appending to a list it passed (DenseNet)
+                seen[name] = tuple(_snapshot(x) for x in a)
                 if kw:
                     seen[name + "\0kwargs"] = kw
         handles.append(m.register_forward_pre_hook(hook, with_kwargs=True))
@@ -76,16 +87,21 @@ def trace_module(module: torch.nn.Module, inputs: tuple, is_layer: Callable[[tor
         def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
             return m is not module
 
+    # a list of tensors (DenseNet's layers take their block's features so far): one placeholder each
+    params = [p for p in inspect.signature(module.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    lists = {p.name: len(a) for p, a in zip(params, inputs, strict=False) if isinstance(a, (list, tuple))}
+    concrete_args = {name: [fx.PH] * n for name, n in lists.items()} or None
     concrete = False
     try:
         tracer = Tracer()
         tracer.record_stack_traces = True  # each node's source line, for the refusal list
-        graph = tracer.trace(module)
+        graph = tracer.trace(module, concrete_args=concrete_args)
     except Exception as symbolic:  # Python that depends on shapes: trace with the example's shapes
         graph = _concrete_trace(module, inputs, path, symbolic)
         concrete = True
     gm = fx.GraphModule(module, graph)
-    return Traced(path, module, graph, _run(gm, inputs), concrete)
+    return Traced(path, module, graph, _run(gm, inputs), concrete, lists)
 
 
 def _concrete_trace(module: torch.nn.Module, inputs: tuple, path: str, error: Exception) -> fx.Graph:
