@@ -193,10 +193,11 @@ def test_planted_same_padding_is_caught_and_located(monkeypatch):
     assert not r.passed and r.first_bad_layer == "conv1"
 
 
-# huge: about a minute and a half (VGG's 120M-weight classifier in float64); CI catches the same
-# mutation in tests/test_convert.py (converted vgg11_bn outputs) without locating it
-@pytest.mark.huge
-def test_planted_missing_flatten_permutation_is_caught_and_located(monkeypatch):
+# The torchvision head (4096 wide) is huge: about a minute and a half for VGG's 120M-weight classifier
+# in float64. CI runs the same network with a 64-wide head: the flatten order is the same bug.
+@pytest.mark.parametrize("hidden", [pytest.param(4096, marks=pytest.mark.huge), 64])
+def test_planted_missing_flatten_permutation_is_caught_and_located(monkeypatch, hidden):
+    monkeypatch.setattr(netspecs.VGGSpec, "HIDDEN", hidden)
     monkeypatch.setattr(twins, "variant_layouts", lambda spec: {})
     r = quick("vgg11_bn", steps=0)
     assert not r.passed and r.first_bad_layer == "classifier.0"

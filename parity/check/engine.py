@@ -116,7 +116,8 @@ def check_pair(torch_module: torch.nn.Module, flax_module: Any, inputs: Inputs, 
                samples: int = 5, dtype: str = "fp32", device: str = "cpu", precision: str = "highest",
                key_map: KeyMap | None = None, images: bool = True, mode: Mode | None = None,
                randomize: bool = True, seed: int = 0, sgd: dict | None = None, adamw: dict | None = None,
-               weight_map: WeightMap | None = None) -> Result:
+               weight_map: WeightMap | None = None, layer_layouts: Mapping[str, tuple[int, ...]] | None = None
+               ) -> Result:
     """Parity of a user's torch module and Flax module (Linen or NNX), judged as the twins are
     (docs/parity.md).
 
@@ -125,6 +126,8 @@ def check_pair(torch_module: torch.nn.Module, flax_module: Any, inputs: Inputs, 
     Flax unless ``images=False``. Weights come from ``torch_module`` (1-D weights, biases and running
     statistics redrawn at random unless ``randomize=False``: ones and zeros hide swaps) and move to
     Flax by ``parity.convert.rules``, or ``key_map``, or a ``weight_map`` made for this pair (a port's).
+    ``layer_layouts``: torch module path -> the Flax axis of each torch dimension of that module's output,
+    where known (a port's); elsewhere activations are matched by shape, images channels-last.
     ``mode(train)`` gives the Flax call's mode arguments (default: read from its signature).
     Gradients come from a probe loss, sum(output x a fixed random tensor). ``steps`` > 0 adds an
     AdamW step and trajectories of both optimizers over that many steps (on the same batch).
@@ -156,7 +159,7 @@ def check_pair(torch_module: torch.nn.Module, flax_module: Any, inputs: Inputs, 
         findings = [doctor.Finding("global", "doctor", f"could not inspect the modules: {type(e).__name__}: {e}")]
     try:
         pair = pairs.modules(torch_module, flax_module, arrays, key_map=key_map, images=images, mode=mode,
-                             weight_map=weight_map)
+                             weight_map=weight_map, layer_layouts=layer_layouts)
     except MappingError as e:
         raise MappingError(str(e) + "".join(f"\ndoctor: {f}" for f in findings)) from None
     w64 = OrderedDict((k, v.detach().cpu().double() if v.is_floating_point() else v.detach().cpu())

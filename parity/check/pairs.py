@@ -48,6 +48,9 @@ class Pair:
     loss: str = "cross_entropy"  # or "probe": sum(output * target), target a fixed random tensor
     input_names: tuple[str, ...] = ("x",)
     layer_shapes: dict[str, tuple] = field(default_factory=dict)  # Flax activation shapes, where known
+    # torch module path -> the Flax axis of each torch dimension of its output, where the Flax side says
+    # (a port knows): no guessing from shapes
+    layer_layouts: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def param_keys(self) -> set[str]:
@@ -78,6 +81,9 @@ class Pair:
         """A torch activation in the Flax side's layout, by the shape of the Flax activation of the same
         name where known: as it is when equal (a LayerNorm applied channels-last in torch), channels
         moved last when that makes it equal (a Conv1d's (N, C, L))."""
+        perm = self.layer_layouts.get(name)
+        if perm is not None and len(perm) == a.ndim:
+            return a.transpose(np.argsort(perm))  # Flax axis b holds torch dimension argsort(perm)[b]
         want = self.layer_shapes.get(name)
         image = self.flax_layout(a)
         # an image's channels move first: when they and the others are the same size, both readings
@@ -144,7 +150,8 @@ def sides(torch_module: object, flax_module: object) -> tuple[torch.nn.Module, f
 
 def modules(torch_module: torch.nn.Module, flax_module: fnn.Module | LinenView, inputs: tuple[np.ndarray, ...], *,
             key_map: rules.KeyMap | None = None, images: bool = True, mode: Mode | None = None,
-            name: str = "pair", weight_map: rules.WeightMap | None = None) -> Pair:
+            name: str = "pair", weight_map: rules.WeightMap | None = None,
+            layer_layouts: Mapping[str, tuple[int, ...]] | None = None) -> Pair:
     """A user's pair (checked by ``sides``). Weights come from ``torch_module``; the Flax variables are
     found by ``init`` on ``inputs`` (moved to channels-last where ``images``)."""
     import jax
@@ -183,4 +190,4 @@ def modules(torch_module: torch.nn.Module, flax_module: fnn.Module | LinenView, 
     return Pair(name, torch_factory, lambda dtype: flax_module, wmap, counters=bool(wmap.counter_keys),
                 images=images, flax_mode=mode, loss="probe",
                 input_names=tuple(f"input{i}" if len(inputs) > 1 else "x" for i in range(len(inputs))),
-                layer_shapes=layer_shapes)
+                layer_shapes=layer_shapes, layer_layouts=dict(layer_layouts or {}))

@@ -15,6 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="variant name (parity list); default: read from the checkpoint")
     p.add_argument("--to", choices=("flax", "torch"), help="target framework (default: the other one)")
     p.add_argument("--num-classes", type=int, help="classifier size; default: read from the checkpoint")
+    p.add_argument("--port", type=Path, metavar="DIR", help="a folder written by parity port: convert by its "
+                   "weight_map.json and verify with its model.py against the torch module it came from")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     p.set_defaults(run=run)
 
@@ -54,7 +56,6 @@ def variant(shapes: dict, kind: str, args: argparse.Namespace) -> tuple[str, dic
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from parity.convert import files, twins
 
@@ -64,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
     if args.output.resolve() == args.input.resolve():
         print("error: OUTPUT must differ from INPUT (the input is never overwritten)", file=sys.stderr)
         return 2
+    if args.port and (args.model or args.num_classes):
+        print("error: --port converts by the port's own weight map; --model and --num-classes are for the "
+              "built-in variants", file=sys.stderr)
+        return 2
+    if args.port:
+        return _port(args)
     try:
         obj = files.load(args.input)
         kind, shapes = twins.checkpoint_shapes(obj)
@@ -88,9 +95,39 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"{model}: {kind} -> {target}; one random batch through both frameworks: "
           f"max |torch - flax| = {diff:.3g} (output scale {scale:.3g})")
+    return _write(args.output, variables if target == "flax" else sd, diff, scale)
+
+
+def _write(output: Path, converted: dict, diff: float, scale: float) -> int:
+    import numpy as np
+
+    from parity.convert import files
+
     if not np.isfinite(diff) or diff > 1e-4 * max(scale, 1.0):
         print("error: the converted model does not reproduce the original; nothing written", file=sys.stderr)
         return 1
-    files.save(args.output, variables if target == "flax" else sd)
-    print(f"wrote {args.output}")
+    files.save(output, converted)
+    print(f"wrote {output}")
     return 0
+
+
+def _port(args: argparse.Namespace) -> int:
+    """A checkpoint of a ported model, moved by the port's weight map and verified with its model.py."""
+    from parity.convert import files
+    from parity.convert.rules import MappingError
+    from parity.port import files as saved
+
+    try:
+        obj = files.load(args.input)
+        target, converted = saved.convert(args.port, obj)
+        sd, variables = (obj, converted) if target == "flax" else (converted, obj)
+        diff, scale = saved.verify(args.port, sd, variables)
+    except (files.CheckpointError, MappingError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.to and args.to != target:
+        print(f"error: the checkpoint is already {args.to}'s", file=sys.stderr)
+        return 2
+    print(f"port {args.port}: -> {target}; one random batch through the torch module and model.py: "
+          f"max |torch - flax| = {diff:.3g} (output scale {scale:.3g})")
+    return _write(args.output, converted, diff, scale)

@@ -159,6 +159,7 @@ def write(torch_module: torch.nn.Module, example_inputs: Any, api: str = "linen"
                      for p, t in traced.items() if t.concrete],
         "train_graphs": [f"{p or '(root)'}: its forward reads self.training; both graphs written (if train: ...)"
                          for p in train_bodies],
+        "layer_layouts": {k: v for b in bodies.values() for k, v in b.layer_layouts.items()},
     }
     text = source.module_file(classes_text, helpers, root, note)
     return text, source.zero_dropout(text), root, notes
@@ -191,14 +192,17 @@ def port(torch_module: torch.nn.Module, example_inputs: Any, *, api: str = "line
     wmap = rules.WeightMap.match({k: tuple(v.shape) for k, v in sd.items()}, rules.module_types(torch_module),
                                  flax_shapes)
     options = {**PROOF, **check_options}
-    result = check_pair(without_dropout(torch_module), getattr(proof, root)(), args, weight_map=wmap, **options)
+    layouts = notes["layer_layouts"]
+    result = check_pair(without_dropout(torch_module), getattr(proof, root)(), args, weight_map=wmap,
+                        layer_layouts=layouts, **options)
     proof_s = time.perf_counter() - start - written
     variables = wmap.to_flax({k: v.detach().cpu().numpy() for k, v in sd.items()})
     report = _report(torch_module, result, notes, written, proof_s, options)
     high = max([int(a.max()) + 1 for a in args if not a.is_floating_point()], default=2)
     return Port(text, root, flax_root, variables, wmap, result, report, torch_module,
                 [tuple(a.shape) for a in args], [str(a.dtype).removeprefix("torch.") for a in args],
-                {k: v for k, v in options.items() if k in ("samples", "steps", "images", "seed")},
+                {**{k: v for k, v in options.items() if k in ("samples", "steps", "images", "seed")},
+                 "layer_layouts": layouts},
                 {"token_high": high})
 
 

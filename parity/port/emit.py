@@ -40,6 +40,7 @@ class Body:
     layouts: list[str] = dataclasses.field(default_factory=list)  # where the port chose a layout
     concrete: bool = False
     dropout_slots: set[str] = dataclasses.field(default_factory=set)  # rates: 0 for the proof
+    layer_layouts: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # module path -> perm
 
 
 SLOT, CLASS, KWARGS = "⟦{}⟧", "⟪C:{}⟫", "⟪K:{}⟫"
@@ -304,12 +305,18 @@ class Emitter:
         args = [self.value(a) for a in node.args]
         kwargs = {k: self.value(v) for k, v in node.kwargs.items()}
         if path in self.children:
-            return self._call_child(node, path, flax_name, args, kwargs)
+            return self._record(path, self._call_child(node, path, flax_name, args, kwargs))
         handler = self.layer_handler(sub)
         if handler is None:
             kind = f"{type(sub).__module__}.{type(sub).__name__}"
             raise UnsupportedError(f"module {target} ({kind}) is not in the op table")
-        return handler(self, node, sub, flax_name, *args, **kwargs)
+        return self._record(path, handler(self, node, sub, flax_name, *args, **kwargs))
+
+    def _record(self, path: str, out: V) -> V:
+        """``out``, its layout noted under the module's path (the proof compares activations by it)."""
+        if isinstance(out, V) and out.tensor and out.perm is not None:
+            self.body.layer_layouts[path] = tuple(out.perm)
+        return out
 
     def module(self, name: str, constructor: str) -> str:
         """The expression that calls child ``name`` (created once; a local when called again)."""

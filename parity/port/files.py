@@ -8,11 +8,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
+    import flax.linen as fnn
+    import torch
+
     from parity.port import Port
 
 FORMATS = {"safetensors": "variables.safetensors", "msgpack": "variables.msgpack"}
@@ -24,45 +30,24 @@ same masks). Written by parity port."""
 import json
 from pathlib import Path
 
-import torch
-from parity.port import load_weight_map, proof_module, without_dropout
+from parity.port import files, load_weight_map, proof_module, without_dropout
 
 HERE = Path(__file__).parent
 META = json.loads((HERE / "port.json").read_text())
 
 
 def torch_module():
-{torch_module}
-
-
-def example_inputs():
-    torch.manual_seed(0)
-    return tuple(torch.randn(s) if d.startswith(("float", "bfloat")) else torch.randint(0, META["token_high"], s)
-                 for s, d in zip(META["input_shapes"], META["input_dtypes"]))
+    # built from port.json's spec (module:callable, kwargs, weights), or torch_module.pt if the port was
+    # made from Python
+    return files.torch_module(HERE)
 
 
 def test_port(parity):
     flax_module = getattr(proof_module(HERE / "model.py"), META["root"])()
-    result = parity(without_dropout(torch_module()), flax_module, example_inputs(),
+    result = parity(without_dropout(torch_module()), flax_module, files.example_inputs(HERE),
                     weight_map=load_weight_map(HERE), **META["proof"])
     assert result.passed
 '''
-
-FROM_SPEC = '''    import importlib
-    import sys
-
-    sys.path.insert(0, META["cwd"])
-    module, name = META["spec"].split(":")
-    m = getattr(importlib.import_module(module), name)(**META["kwargs"])
-    if META.get("weights"):
-        from parity.convert import files
-
-        m.load_state_dict(files.load(META["weights"]), strict=True)
-    return m'''
-
-FROM_PICKLE = '''    # the module as the Python API received it (pickled: its classes must be importable)
-    return torch.load(HERE / "torch_module.pt", weights_only=False)'''
-
 
 def save(p: Port, out: Path, force: bool = False, fmt: str = "safetensors") -> Path:
     import torch
@@ -87,8 +72,7 @@ def save(p: Port, out: Path, force: bool = False, fmt: str = "safetensors") -> P
         (tmp / "port.json").write_text(json.dumps(meta, indent=1))
         if not spec.get("spec"):
             torch.save(p.torch_module, tmp / "torch_module.pt")
-        build = FROM_SPEC if spec.get("spec") else FROM_PICKLE
-        (tmp / "test_port.py").write_text(TEST.replace("{torch_module}", build))
+        (tmp / "test_port.py").write_text(TEST)
         (tmp / "report.md").write_text(p.report)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
@@ -101,3 +85,109 @@ def save(p: Port, out: Path, force: bool = False, fmt: str = "safetensors") -> P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def meta(folder: str | Path) -> dict:
+    """A saved port's ``port.json``; ``ValueError`` naming the folder if it is not a saved port."""
+    path = Path(folder) / "port.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{folder}: not a saved port (expected port.json written by parity port): {e}") from e
+
+
+def torch_module(folder: str | Path) -> torch.nn.Module:
+    """The torch module a saved port came from: built from port.json's spec (and weights), or unpickled
+    from torch_module.pt when the port was made from Python (its classes must be importable)."""
+    import torch
+
+    from parity import imports
+    from parity.convert import files
+
+    folder, info = Path(folder), meta(folder)
+    if not info.get("spec"):
+        return torch.load(folder / "torch_module.pt", weights_only=False)  # the user's own folder
+    sys.path.insert(0, info["cwd"])
+    try:
+        m = imports.build(info["spec"], info.get("kwargs", {}))
+    finally:
+        sys.path.remove(info["cwd"])
+    if info.get("weights"):
+        m.load_state_dict(files.load(info["weights"]), strict=True)
+    return m
+
+
+def flax_module(folder: str | Path) -> fnn.Module:
+    """The root module of a saved port's ``model.py``."""
+    from parity.port import _load
+
+    return getattr(_load((Path(folder) / "model.py").read_text(), "ported_model"), meta(folder)["root"])()
+
+
+def example_inputs(folder: str | Path, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random inputs of the saved port's example shapes and dtypes (integers below its token bound)."""
+    import torch
+
+    info = meta(folder)
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(s, generator=g) if d.startswith(("float", "bfloat"))
+                 else torch.randint(0, info["token_high"], s, generator=g)
+                 for s, d in zip(info["input_shapes"], info["input_dtypes"], strict=True))
+
+
+def convert(folder: str | Path, obj: dict) -> tuple[str, dict]:
+    """(target framework, converted checkpoint) for a checkpoint of a saved port's model: a torch
+    state_dict becomes Flax variables and Flax variables a state_dict, by its ``weight_map.json``.
+    ``MappingError`` listing every key or shape that does not fit the map."""
+    from collections import OrderedDict
+
+    from parity.convert import arrays, twins
+    from parity.convert.rules import TORCH_ONLY, MappingError
+    from parity.port import load_weight_map
+
+    meta(folder)  # a saved port, or a clear error
+    wmap = load_weight_map(folder)
+    kind, shapes = twins.checkpoint_shapes(obj)
+    if kind == "torch":
+        want = {k: s for k, s in wmap.torch_shapes.items()}
+        have = {k: s for k, s in shapes.items() if k.rpartition(".")[2] not in TORCH_ONLY or k in want}
+    else:
+        want, have = dict(wmap.flax_shapes), shapes
+    name = (lambda k: k) if kind == "torch" else (lambda k: "/".join(k))
+    problems = [f"{name(k)}: missing (expected shape {tuple(s)})" for k, s in want.items() if k not in have]
+    problems += [f"{name(k)}: not in the port's weight map" for k in have if k not in want]
+    problems += [f"{name(k)}: shape {tuple(have[k])}, the port has {tuple(want[k])}"
+                 for k in want if k in have and tuple(have[k]) != tuple(want[k])]
+    if problems:
+        raise MappingError(f"the checkpoint does not fit the port in {folder} ({len(problems)} problem(s)):\n  "
+                           + "\n  ".join(problems))
+    if kind == "torch":
+        return "flax", wmap.to_flax({k: arrays.to_numpy(v, copy=False) if hasattr(v, "detach") else np.asarray(v)
+                                     for k, v in obj.items() if k in want})
+    return "torch", OrderedDict((k, arrays.to_torch(a)) for k, a in wmap.to_torch(obj).items())
+
+
+def verify(folder: str | Path, state_dict: dict, variables: dict) -> tuple[float, float]:
+    """(max |torch - flax|, max |torch|) of the port's torch module holding ``state_dict`` and its
+    model.py holding ``variables``, eval mode, on random inputs of the port's example shapes, float32."""
+    import jax
+    import torch
+
+    from parity import layout
+    from parity.check import pairs
+
+    tm = torch_module(folder).float().eval()
+    tm.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}, strict=True)
+    args = example_inputs(folder)
+    with torch.no_grad():
+        yt = [np.asarray(y.detach().numpy(), np.float32) for y in jax.tree_util.tree_leaves(tm(*args))]
+    v32 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32) if np.asarray(a).dtype.kind == "f"
+                                 else np.asarray(a), variables)
+    fargs = pairs.flax_args(tuple(a.numpy() for a in args), True)
+    yj = [np.asarray(y) for y in jax.tree_util.tree_leaves(flax_module(folder).apply(v32, *fargs))]
+    if len(yt) != len(yj):
+        raise ValueError(f"the torch module returned {len(yt)} arrays, the port {len(yj)}")
+    # an image output is channels-last on the Flax side
+    yt = [t if t.shape == j.shape else layout.channels_last(t, True) for t, j in zip(yt, yj, strict=True)]
+    return (max(float(np.abs(t - j).max()) for t, j in zip(yt, yj, strict=True)),
+            max(float(np.abs(t).max()) for t in yt))
