@@ -189,6 +189,7 @@ def test_cli_port_refusals(mynet, capsys):
     assert "rejects inputs of shapes [(2, 5, 8, 8)]" in e
     assert "expected" in err(["mynet:Net", "--input-shape", "2,x,8", "--out", "a"], 2)
     assert "JSON object" in err(["mynet:Net", *shape, "--kwargs", "[1]", "--out", "a"], 2)
+    assert "not written yet" in err(["mynet:Net", *shape, "--api", "nnx", "--out", "a"], 2)
     import mynet as user
 
     torch.save(user.Net(width=4).state_dict(), mynet / "w.pt")  # another width: every mis-shaped key listed

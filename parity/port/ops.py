@@ -72,7 +72,7 @@ def conv(em: Emitter, node: fx.Node, m: torch.nn.Module, name: str, x: V) -> V:
             f"strides={em.slot(name, 'strides', tuple(m.stride))}, padding={em.slot(name, 'padding', tuple(padding))}, "
             + (f"kernel_dilation={tuple(m.dilation)}, " if any(d != 1 for d in m.dilation) else "")
             + (f"feature_group_count={em.slot(name, 'groups', m.groups)}, " if m.groups != 1 else "")
-            + f"use_bias={m.bias is not None}, name={name!r})")
+            + f"use_bias={m.bias is not None}, conv_general_dilated={em.helper('fast_conv')}, name={name!r})")
     return em.assign(node.name, f"{em.module(node.target, ctor)}({em.channels_last(x)})",
                      shape=tuple(em.meta(node).shape), perm=channels_last(x.ndim))
 
@@ -221,7 +221,7 @@ def adaptive(em: Emitter, node: fx.Node, x: V, out: Any, kind: str) -> V:
     oh, ow = _pair(out)
     xe = em.channels_last(x)
     if (oh, ow) == (1, 1) and kind == "avg":
-        expr = f"{xe}.mean(axis=(1, 2), keepdims=True)"
+        expr = f"{em.helper('global_mean')}({xe}, train)"
     elif kind == "avg":
         expr = f"{em.helper('adaptive_avg_pool')}({xe}, {(oh, ow)})"
     else:

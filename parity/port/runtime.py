@@ -193,3 +193,17 @@ def stochastic_depth(module: nn.Module, x: jax.Array, p: float, mode: str, train
 def embed_padding(ids: jax.Array, y: jax.Array, padding_idx: int) -> jax.Array:
     """torch's Embedding(padding_idx=...): that row gets no gradient."""
     return jnp.where((ids == padding_idx)[..., None], jax.lax.stop_gradient(y), y)
+
+
+def fast_conv(*args, **kwargs) -> jax.Array:
+    """nn.Conv's convolution as jaxnets' twins compute it: one dot over the kernel taps where XLA:CPU
+    would swap the operands into its slow reversed-window loop, and for strided 1x1 convolutions; lax's
+    own convolution everywhere else. The same sum of products (docs/benchmark.md)."""
+    return conv_general_dilated("auto")(*args, **kwargs)  # noqa: F821 - emitted beside it from jaxnets.layers
+
+
+def global_mean(x: jax.Array, train: bool = False) -> jax.Array:
+    """torch's AdaptiveAvgPool2d(1) (NHWC, keeping the 1x1): the mean over H and W, after an exact
+    identity in eval mode that keeps XLA:CPU's YNNPACK reduce fusion from taking the convolutions
+    before it (jaxnets.layers.global_avg_pool, docs/benchmark.md)."""
+    return (x if train else ynnpack_fence(x)).mean(axis=(1, 2), keepdims=True)  # noqa: F821 - from jaxnets.layers

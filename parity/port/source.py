@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import inspect
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,10 @@ HELPERS: dict[str, list[tuple[str, str]]] = {
                    (_JAXNETS, "_max_pool"), (_JAXNETS, "_max_pool_fwd"), (_JAXNETS, "_max_pool_bwd"),
                    (_JAXNETS, "_max_pool.defvjp"), (_RUNTIME, "pool_padding"), (_RUNTIME, "max_pool2d")],
     "avg_pool2d": [(_RUNTIME, "pool_padding"), (_RUNTIME, "avg_pool2d")],
+    "global_mean": [(_JAXNETS, "ynnpack_fence"), (_RUNTIME, "global_mean")],
+    "fast_conv": [(_JAXNETS, "xla_would_swap"), (_JAXNETS, "strided_pointwise"), (_JAXNETS, "_out_sizes"),
+                  (_JAXNETS, "conv_taps"), (_JAXNETS, "_ones"), (_JAXNETS, "_channels_last"),
+                  (_JAXNETS, "conv_general_dilated"), (_RUNTIME, "fast_conv")],
     "adaptive_avg_pool": [(_JAXNETS, "_adaptive_matrix"), (_JAXNETS, "adaptive_avg_pool")],
     "local_response_norm": [(_JAXNETS, "local_response_norm")],
     "hard_sigmoid": [(_RUNTIME, "hard_sigmoid"), (_RUNTIME, "_hard_sigmoid_jvp")],
@@ -44,9 +47,9 @@ _CONSTANTS = {"BatchNorm": ["Dtype = Any", "BN_EPS = 1e-5", "BN_MOMENTUM = 0.1"]
 
 def _definitions(module: str) -> dict[str, str]:
     """Top-level definitions (with their decorators) and ``x.y(...)`` statements of a module, as source."""
-    import importlib
+    import importlib.util
 
-    path = Path(inspect.getfile(importlib.import_module(module)))
+    path = Path(importlib.util.find_spec(module).origin)  # read, not imported: flax need not load for this
     text = path.read_text()
     lines = text.splitlines()
     out = {}

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import linecache
+import sys
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -39,6 +41,28 @@ class Traced:
     meta: dict[str, Any]
     concrete: bool  # traced with the example's concrete shapes
     lists: dict[str, int] = dataclasses.field(default_factory=dict)  # argument -> length, for list arguments
+
+
+def _user_line() -> str:
+    """The innermost frame outside torch and this module, as a traceback line with its source: where a
+    node was made. (fx's ``record_stack_traces`` would do it too, but imports torch._dynamo: 5 s.)"""
+    f = sys._getframe(2)
+    while f is not None:
+        file = f.f_code.co_filename
+        if "/torch/" not in file and file != __file__:
+            return f'File "{file}", line {f.f_lineno}, in {f.f_code.co_name}\n    ' \
+                   f"{linecache.getline(file, f.f_lineno).strip()}"
+        f = f.f_back
+    return ""
+
+
+class _Where:
+    """A tracer mixin: each node's ``meta["stack_trace"]`` is the user's line that made it."""
+
+    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        node.meta["stack_trace"] = _user_line()
+        return node
 
 
 def _qualname(root: torch.nn.Module) -> dict[int, str]:
@@ -83,7 +107,7 @@ def trace_module(module: torch.nn.Module, inputs: tuple, is_layer: Callable[[tor
     value recorded (a ShapeProp-style pass on the example inputs)."""
     import torch.fx as fx
 
-    class Tracer(fx.Tracer):
+    class Tracer(_Where, fx.Tracer):
         def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
             return m is not module
 
@@ -95,7 +119,6 @@ def trace_module(module: torch.nn.Module, inputs: tuple, is_layer: Callable[[tor
     concrete = False
     try:
         tracer = Tracer()
-        tracer.record_stack_traces = True  # each node's source line, for the refusal list
         graph = tracer.trace(module, concrete_args=concrete_args)
     except Exception as symbolic:  # Python that depends on shapes: trace with the example's shapes
         graph = _concrete_trace(module, inputs, path, symbolic)
@@ -108,7 +131,7 @@ def _concrete_trace(module: torch.nn.Module, inputs: tuple, path: str, error: Ex
     import torch
     from torch.fx.experimental import meta_tracer
 
-    class Tracer(meta_tracer.MetaTracer):
+    class Tracer(_Where, meta_tracer.MetaTracer):
         def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
             return m is not module
 
@@ -117,7 +140,6 @@ def _concrete_trace(module: torch.nn.Module, inputs: tuple, path: str, error: Ex
     meta_args = {p.name: a.to("meta") for p, a in zip(params, inputs, strict=False) if isinstance(a, torch.Tensor)}
     try:
         tracer = Tracer()
-        tracer.record_stack_traces = True
         with warnings.catch_warnings():  # the meta tracer says where it could not propagate shapes: _run does
             warnings.simplefilter("ignore")
             return tracer.trace(module, meta_args=meta_args)
