@@ -9,6 +9,7 @@ and optimizer in place.
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -119,6 +120,14 @@ def torch_optimizer(opt: Optimizer, params: Iterable[torch.nn.Parameter]) -> tor
 
 
 # --------------------------------------------------------------------------- torch
+
+
+def with_versions(weights: Mapping[str, torch.Tensor], module: torch.nn.Module) -> Mapping[str, torch.Tensor]:
+    """``weights`` with ``module``'s own state_dict versions (``_metadata``), which a plain dict lacks:
+    some modules' load hooks read them (torchvision's MNASNet refuses to load without)."""
+    out = OrderedDict(weights)
+    out._metadata = getattr(module.state_dict(), "_metadata", None)
+    return out
 
 
 def torch_model(name: str, weights: Mapping[str, torch.Tensor], dtype: str = "fp32", device: str = "cpu",

@@ -72,7 +72,7 @@ def run_torch(pair: Pair, cfg: Config, weights: Mapping[str, torch.Tensor], batc
 
     def fresh() -> torch.nn.Module:
         m = pair.torch_module(dtype)
-        m.load_state_dict(weights)  # after the cast: loading first would round float64 weights
+        m.load_state_dict(training.with_versions(weights, m))  # after the cast: loading first would round
         return m.to(training.torch_device(device))
 
     def args(batch: Batch, grad: bool = False) -> tuple:

@@ -341,7 +341,18 @@ def binary(symbol: str) -> Callable[..., V]:
 
 
 _OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "//": operator.floordiv,
-        "%": operator.mod, "**": operator.pow}
+        "%": operator.mod, "**": operator.pow, "==": operator.eq, "!=": operator.ne, "<": operator.lt,
+        "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+
+
+def torch_assert(em: Emitter, node: fx.Node, cond: Any, message: Any = const("")) -> V:
+    """``torch._assert(cond, message)``: nothing where the example's shapes decide it (always true
+    for them), else the same assert on the Flax side's sizes."""
+    if isinstance(cond, V) and not cond.known:
+        em.line(f"assert {cond.expr}, {_py(message)!r}")
+    elif not _py(cond):
+        raise UnsupportedError(f"torch._assert fails on the example inputs: {_py(message)}")
+    return const(None)
 
 
 def matmul(em: Emitter, node: fx.Node, a: V, b: V) -> V:
@@ -793,7 +804,9 @@ def _functions() -> dict[Any, Callable[..., V]]:
         operator.imul: binary("*"), operator.truediv: binary("/"), operator.itruediv: binary("/"),
         operator.floordiv: binary("//"),
         operator.mod: binary("%"), operator.matmul: matmul, operator.getitem: getitem,
-        operator.neg: unary("-{x}"),
+        operator.neg: unary("-{x}"), operator.eq: binary("=="), operator.ne: binary("!="),
+        operator.lt: binary("<"), operator.le: binary("<="), operator.gt: binary(">"), operator.ge: binary(">="),
+        torch._assert: torch_assert,
         torch.add: binary("+"), torch.sub: binary("-"), torch.mul: binary("*"), torch.div: binary("/"),
         torch.matmul: matmul, torch.bmm: matmul, torch.cat: cat, torch.concat: cat, torch.stack: stack,
         torch.flatten: flatten, torch.reshape: reshape, torch.permute: permute, torch.transpose: transpose,
