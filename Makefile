@@ -1,5 +1,7 @@
 # make demo: set up .venv if missing, install, run the parity check on a small default set.
 # make test: same set-up, then the test suite (slow variants excluded; `make test-slow` runs them).
+# make test-vision: ports of torchvision's models, in their own environment (torchvision needs torch's
+# CUDA build, which runs on CPU).
 # make test-rounding: the precision-sensitive default tests again under other kernels (AVX2 in XLA,
 # oneDNN and MKL), so that no verdict depends on this CPU's rounding.
 VENV ?= .venv
@@ -7,9 +9,12 @@ PY := $(VENV)/bin/python
 # CPU build by default; on a GPU machine e.g. `make test TORCH_SPEC='torch==2.11.*'`.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# torchvision fails to import with torch's CPU build: the vision tests get a second environment
+VISION_VENV ?= .venv-vision
+VISION_SPEC ?= torch==2.14.1 torchvision==0.29.1
 ROUNDING := XLA_FLAGS=--xla_cpu_max_isa=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 
-.PHONY: install demo test test-slow test-rounding test-huge test-all lint clean
+.PHONY: install demo test test-slow test-rounding test-vision test-huge test-all lint clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +39,16 @@ test-slow: install
 test-rounding: install
 	$(ROUNDING) $(PY) -m pytest -q -m "precision and not slow and not huge" $(PYTEST_ARGS)
 
+$(VISION_VENV)/.installed: pyproject.toml Makefile
+	test -x $(VISION_VENV)/bin/python || python3 -m venv $(VISION_VENV)
+	$(VISION_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VISION_VENV)/bin/python -m pip install -q $(VISION_SPEC)
+	$(VISION_VENV)/bin/python -m pip install -q -e ".[test,vision]"
+	touch $@
+
+test-vision: $(VISION_VENV)/.installed
+	$(VISION_VENV)/bin/python -m pytest -q -m "vision and not slow and not huge" tests/test_port_vision.py $(PYTEST_ARGS)
+
 test-huge: install
 	$(PY) -m pytest -q -m "huge" $(PYTEST_ARGS)
 
@@ -44,4 +59,4 @@ lint: install
 	$(PY) -m ruff check parity torchnets jaxnets tests scripts examples
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VISION_VENV) build *.egg-info .pytest_cache

@@ -139,7 +139,7 @@ def write(torch_module: torch.nn.Module, example_inputs: Any, api: str = "linen"
     train_traced = trace.walk(work.train(), args, is_layer)
     work.eval()
     modules = dict(work.named_modules())
-    bodies, train_bodies, problems = source.emit_all(traced, train_traced, ops.layer_handler, rule_for)
+    bodies, train_bodies, problems = source.emit_all(traced, train_traced, ops.table(), rule_for)
     unused = [p for p, m in modules.items() if p and p not in traced and not is_layer(m)
               and not any(q.startswith(p + ".") for q in traced) and list(m.parameters(recurse=False))]
     problems += [f"{p} ({type(modules[p]).__name__}): never called in forward; its weights could not be ported"

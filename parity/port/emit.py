@@ -10,7 +10,7 @@ import dataclasses
 import math
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from parity.port.values import V, axes_to, canonical, channels_last, const, identity, inverse, renumber, reshape_groups
@@ -60,16 +60,26 @@ def _tup(items: Any) -> str:
     return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
 
 
+@dataclasses.dataclass(frozen=True)
+class OpTable:
+    """What the emitter writes each node with (``parity.port.ops.table()``): the handler of a layer (None:
+    not a layer), of a function, of a tensor method, of ``getattr`` on a value."""
+
+    layer: Callable[[torch.nn.Module], Callable | None]
+    functions: Mapping[Any, Callable]
+    methods: Mapping[str, Callable]
+    attribute: Callable
+
+
 class Emitter:
     """Writes one traced module; ``children``: path -> Traced for the submodules that get classes of
-    their own; ``layers``: the leaf handlers by torch type (``parity.port.ops``)."""
+    their own; ``ops``: the op table."""
 
     def __init__(self, traced: Traced, children: dict[str, Traced], root_path: str, class_base: str,
-                 layer_handler: Callable[[torch.nn.Module], Callable | None], rules: Callable[[object, str], Any],
-                 modes: dict[str, Traced] | None = None):
+                 ops: OpTable, rules: Callable[[object, str], Any], modes: dict[str, Traced] | None = None):
         self.t = traced
         self.children = children
-        self.layer_handler = layer_handler
+        self.ops = ops
         self.rules = rules  # (torch module, leaf) -> (flax leaf, layout kind)
         self.body = Body(traced.path, class_base, [], concrete=traced.concrete)
         self.env: dict[str, V] = {}
@@ -179,8 +189,6 @@ class Emitter:
     # ------------------------------------------------------------------ the graph
 
     def emit(self) -> Body:
-        from parity.port import ops
-
         graph = self.t.graph
         self.nodes = {n.name: n for n in graph.nodes}
         self.order = {n.name: i for i, n in enumerate(graph.nodes)}
@@ -189,7 +197,7 @@ class Emitter:
                 self.calls[node.target] = self.calls.get(node.target, 0) + 1
         for node in graph.nodes:
             try:
-                self._node(node, ops)
+                self._node(node)
             except Exception as e:  # every problem listed, the rest of the graph still read
                 what = str(e) if isinstance(e, UnsupportedError) else \
                     f"{node.format_node()}: could not be written ({type(e).__name__}: {e})"
@@ -198,7 +206,7 @@ class Emitter:
                 self.env[node.name] = V(node.name)
         return self.body
 
-    def _node(self, node: fx.Node, ops: Any) -> None:
+    def _node(self, node: fx.Node) -> None:
         import torch
 
         if node.op == "placeholder":
@@ -228,19 +236,19 @@ class Emitter:
             self.env[node.name] = self._attr(node)
             return
         if node.op == "call_module":
-            self.env[node.name] = self._call_module(node, ops)
+            self.env[node.name] = self._call_module(node)
             return
         if node.op == "call_function":
-            handler = ops.FUNCTIONS.get(node.target)
+            handler = self.ops.functions.get(node.target)
             if node.target is builtins.getattr:
-                handler = ops.attribute
+                handler = self.ops.attribute
             if handler is None:
                 raise UnsupportedError(f"function {_name(node.target)} is not in the op table")
             args, kwargs = self._arguments(node)
             self.env[node.name] = handler(self, node, *args, **kwargs)
             return
         if node.op == "call_method":
-            handler = ops.METHODS.get(node.target)
+            handler = self.ops.methods.get(node.target)
             if handler is None:
                 raise UnsupportedError(f"tensor method .{node.target}() is not in the op table")
             args, kwargs = self._arguments(node)
@@ -297,7 +305,7 @@ class Emitter:
         perm = identity(obj.ndim)
         return V(name, tuple(obj.shape), perm, False, kernel="" if kind == "copy" else kind)
 
-    def _call_module(self, node: fx.Node, ops: Any) -> V:
+    def _call_module(self, node: fx.Node) -> V:
         target = node.target
         sub = self.t.module.get_submodule(target)
         path = f"{self.t.path}.{target}" if self.t.path else target
@@ -306,7 +314,7 @@ class Emitter:
         kwargs = {k: self.value(v) for k, v in node.kwargs.items()}
         if path in self.children:
             return self._record(path, self._call_child(node, path, flax_name, args, kwargs))
-        handler = self.layer_handler(sub)
+        handler = self.ops.layer(sub)
         if handler is None:
             kind = f"{type(sub).__module__}.{type(sub).__name__}"
             raise UnsupportedError(f"module {target} ({kind}) is not in the op table")

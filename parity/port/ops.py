@@ -14,7 +14,7 @@ import operator
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from parity.port.emit import Emitter, UnsupportedError
+from parity.port.emit import Emitter, OpTable, UnsupportedError
 from parity.port.values import V, canonical, channels_last, const, identity, inverse, renumber, reshape_groups
 
 if TYPE_CHECKING:
@@ -850,4 +850,9 @@ METHODS: dict[str, Callable[..., V]] = {
     "softmax": softmax("jax.nn.softmax"), "log_softmax": softmax("jax.nn.log_softmax"),
 }
 
-__all__ = ["FUNCTIONS", "METHODS", "layer_handler", "math", "canonical", "channels_last"]
+__all__ = ["FUNCTIONS", "METHODS", "layer_handler", "table", "math", "canonical", "channels_last"]
+
+
+def table() -> OpTable:
+    """The op table as the emitter reads it (the dicts themselves: a test may plant an entry)."""
+    return OpTable(layer_handler, FUNCTIONS, METHODS, attribute)

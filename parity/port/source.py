@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from parity.port.emit import CLASS, KWARGS, SLOT, Body, Emitter
+from parity.port.emit import CLASS, KWARGS, SLOT, Body, Emitter, OpTable
 from parity.port.trace import PortError, Traced
 
 if TYPE_CHECKING:
@@ -253,16 +253,16 @@ def module_file(classes_source: str, helpers: set[str], root: str, note: str) ->
 
 
 def emit_all(traced: dict[str, Traced], train_traced: dict[str, Traced],
-             layer_handler: Callable, rules: Callable) -> tuple[dict[str, Body], dict[str, Body], list[str]]:
+             ops: OpTable, rules: Callable) -> tuple[dict[str, Body], dict[str, Body], list[str]]:
     """Every traced instance's body, the train-mode bodies where they differ, and every problem."""
     bodies, train_bodies, problems = {}, {}, []
     for path, t in traced.items():
-        em = Emitter(t, traced, path, class_base(path, t.module), layer_handler, rules)
+        em = Emitter(t, traced, path, class_base(path, t.module), ops, rules)
         bodies[path] = em.emit()
         problems += em.problems
         tt = train_traced.get(path)
         if tt is not None and tt.graph.python_code("self").src != t.graph.python_code("self").src:
-            et = Emitter(tt, traced, path, class_base(path, t.module), layer_handler, rules)
+            et = Emitter(tt, traced, path, class_base(path, t.module), ops, rules)
             train_bodies[path] = et.emit()
             problems += [p for p in et.problems if p not in problems]
     return bodies, train_bodies, problems
