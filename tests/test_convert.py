@@ -130,9 +130,10 @@ def test_vgg_classifier_rows_are_permuted_not_transposed():
     assert k[(h * 7 + ww) * 512 + c, out] == w[out, c * 49 + h * 7 + ww]
 
 
-# One of each kind of block, stem and head in the default suite; the other light variants are slow
-# (CI), the heavy ones `make test-huge` (about 20 min on 2 cores).
-OUTPUT_DEFAULT = {"resnet20", "plain20", "resnet18", "resnet50", "resnext50_32x4d", "vgg11_bn", "vgg11_lrn"}
+# One of each kind of block and stem in the default suite (VGG's head: the bit-exact round trips and
+# test_check's planted flatten order); the other light variants are slow, the heavy ones
+# `make test-huge` (about 20 min on 2 cores).
+OUTPUT_DEFAULT = {"resnet20", "plain20", "resnet18", "resnet50"}
 
 
 def huge_if_heavy():
@@ -144,7 +145,6 @@ def huge_if_heavy():
     return out
 
 
-@pytest.mark.precision
 @pytest.mark.parametrize("name", huge_if_heavy())
 def test_converted_weights_give_the_same_outputs(name):
     """Issue 4's bound on converted weights, with BatchNorm statistics and affine randomised:

@@ -24,11 +24,11 @@ def small_vit() -> torch.nn.Module:
 # port gets right or wrong) and the forward passes' precision; at these sizes the last stages' BatchNorms
 # see few values and their gradients' precision is reported "not judged", never guessed.
 MODELS = {
-    "mobilenet_v3_small": (models.mobilenet_v3_small, 64, ()),
     "squeezenet1_1": (models.squeezenet1_1, 64, ()),
-    "shufflenet_v2_x0_5": (models.shufflenet_v2_x0_5, 64, ()),
     "mnasnet0_5": (models.mnasnet0_5, 64, ()),
     "vit (2 layers)": (small_vit, 32, ()),
+    "mobilenet_v3_small": (models.mobilenet_v3_small, 64, pytest.mark.slow),
+    "shufflenet_v2_x0_5": (models.shufflenet_v2_x0_5, 64, pytest.mark.slow),
     "mobilenet_v2": (models.mobilenet_v2, 64, pytest.mark.slow),
     "efficientnet_b0": (models.efficientnet_b0, 64, pytest.mark.slow),
     "regnet_y_400mf": (models.regnet_y_400mf, 64, pytest.mark.slow),

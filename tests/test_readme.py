@@ -4,8 +4,6 @@ namespace (each example's test function is called with the pytest plugin's fixtu
 import re
 from pathlib import Path
 
-import pytest
-
 README = Path(__file__).parent.parent / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
@@ -14,7 +12,6 @@ def test_the_readme_has_python_examples():
     assert len(BLOCKS) >= 4
 
 
-@pytest.mark.precision
 def test_every_python_example_in_the_readme_runs(tmp_path, monkeypatch):
     from parity.check.pytest_plugin import assert_parity
 
