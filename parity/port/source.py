@@ -74,7 +74,9 @@ def helper_source(names: set[str]) -> str:
             if (module, definition) in seen:
                 continue
             seen.add((module, definition))
-            parts.append(cache.setdefault(module, _definitions(module))[definition])
+            # a name defined in another module here is defined beside it in the port: its noqa goes
+            text = cache.setdefault(module, _definitions(module))[definition]
+            parts.append(re.sub(r"\s+# noqa: F821[^\n]*", "", text))
     return "\n".join(consts) + ("\n\n\n" if consts else "") + "\n\n\n".join(parts)
 
 
