@@ -230,7 +230,12 @@ class Emitter:
                 self.env[node.name] = V(name, py=m)
             return
         if node.op == "output":
-            self.line(f"return {self._out(node.args[0])}")
+            out = node.args[0]
+            # traced with list arguments, fx flattens the output as a pytree: one tensor comes as [tensor]
+            spec = getattr(getattr(self.t.graph._codegen, "pytree_info", None), "out_spec", None)
+            if spec is not None and spec.is_leaf() and isinstance(out, (list, tuple)) and len(out) == 1:
+                out = out[0]
+            self.line(f"return {self._out(out)}")
             return
         if node.op == "get_attr":
             self.env[node.name] = self._attr(node)
