@@ -41,11 +41,12 @@ FAMILIES = [("resnet20", 8, 5, ()), ("plain20", 8, 1, SLOW), ("resnet18", 8, 1, 
 @pytest.mark.parametrize("name,batch,samples", [pytest.param(n, b, s, marks=m, id=n) for n, b, s, m in FAMILIES])
 def test_torchnets_families_port_and_pass(name, batch, samples):
     torch.manual_seed(0)
-    p = port(torchnets.build(name), images(batch), samples=samples)
+    model = torchnets.build(name)
+    p = port(model, images(batch), samples=samples)
     assert p.passed, p.report
     # one class per torch class, torch's names: the root class is the twin's, the parameters torch's keys
-    assert f"class {type(torchnets.build(name)).__name__}(nn.Module)" in p.source
-    assert set(p.weight_map.by_torch) == set(torchnets.build(name).state_dict())
+    assert f"class {type(model).__name__}(nn.Module)" in p.source
+    assert set(p.weight_map.by_torch) == set(model.state_dict())
 
 
 @pytest.mark.parametrize("model,inputs,options", [

@@ -21,6 +21,12 @@ def to_numpy(t: torch.Tensor, copy: bool = True) -> np.ndarray:
     return a.copy() if copy else a
 
 
+def as_float32(a: object) -> np.ndarray:
+    """``a`` as a numpy array, floats (bfloat16 included) in float32, other dtypes as they are."""
+    a = np.asarray(a)
+    return a.astype(np.float32) if a.dtype.kind == "f" or a.dtype.name == "bfloat16" else a
+
+
 def to_torch(a: object) -> torch.Tensor:
     """A torch copy of ``a`` (numpy or jax array) with the same dtype and bits."""
     a = np.array(a, order="C")  # a copy; ascontiguousarray would turn 0-d into 1-d

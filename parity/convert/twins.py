@@ -198,11 +198,6 @@ def identify(shapes: Mapping[Key, Shape], kind: str = "torch") -> list[tuple[str
     return found
 
 
-def _as_float32(a: ArrayLike) -> np.ndarray:
-    a = np.asarray(a)
-    return a.astype(np.float32) if a.dtype.kind == "f" or a.dtype.name == "bfloat16" else a
-
-
 def verify(state_dict: Mapping[str, torch.Tensor], variables: Mapping[str, Any], name: str,
            batch: int = 2, seed: int = 0, **overrides: object) -> tuple[float, float]:
     """(max |torch - flax|, max |torch|) of both eval-mode models on one random batch, in float32."""
@@ -220,6 +215,6 @@ def verify(state_dict: Mapping[str, torch.Tensor], variables: Mapping[str, Any],
     tm.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
     with torch.no_grad():
         yt = tm.eval()(torch.from_numpy(x)).numpy()
-    v32 = jax.tree_util.tree_map(_as_float32, dict(variables))
+    v32 = jax.tree_util.tree_map(arrays.as_float32, dict(variables))
     yj = np.asarray(jaxnets.build(name, **overrides).apply(v32, layout.channels_last(x)))
     return float(np.abs(yt - yj).max()), float(np.abs(yt).max())

@@ -232,7 +232,8 @@ class Emitter:
         if node.op == "output":
             out = node.args[0]
             # traced with list arguments, fx flattens the output as a pytree: one tensor comes as [tensor]
-            spec = getattr(getattr(self.t.graph._codegen, "pytree_info", None), "out_spec", None)
+            info = getattr(getattr(self.t.graph, "_codegen", None), "pytree_info", None)
+            spec = getattr(info, "out_spec", None)
             if spec is not None and spec.is_leaf() and isinstance(out, (list, tuple)) and len(out) == 1:
                 out = out[0]
             self.line(f"return {self._out(out)}")

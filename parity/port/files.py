@@ -149,7 +149,7 @@ def convert(folder: str | Path, obj: dict) -> tuple[str, dict]:
     wmap = load_weight_map(folder)
     kind, shapes = twins.checkpoint_shapes(obj)
     if kind == "torch":
-        want = {k: s for k, s in wmap.torch_shapes.items()}
+        want = dict(wmap.torch_shapes)
         have = {k: s for k, s in shapes.items() if k.rpartition(".")[2] not in TORCH_ONLY or k in want}
     else:
         want, have = dict(wmap.flax_shapes), shapes
@@ -175,14 +175,14 @@ def verify(folder: str | Path, state_dict: dict, variables: dict) -> tuple[float
 
     from parity import layout
     from parity.check import pairs
+    from parity.convert import arrays
 
     tm = torch_module(folder).float().eval()
     tm.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}, strict=True)
     args = example_inputs(folder)
     with torch.no_grad():
         yt = [np.asarray(y.detach().numpy(), np.float32) for y in jax.tree_util.tree_leaves(tm(*args))]
-    v32 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32) if np.asarray(a).dtype.kind == "f"
-                                 else np.asarray(a), variables)
+    v32 = jax.tree_util.tree_map(arrays.as_float32, variables)
     fargs = pairs.flax_args(tuple(a.numpy() for a in args), True)
     yj = [np.asarray(y) for y in jax.tree_util.tree_leaves(flax_module(folder).apply(v32, *fargs))]
     if len(yt) != len(yj):
