@@ -21,8 +21,8 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test,experiments]"
+	$(PY) -m pip install -q --no-compile "$(TORCH_SPEC)"
+	$(PY) -m pip install -q --no-compile -e ".[test,experiments]"
 	touch $@
 
 demo: install
@@ -42,8 +42,8 @@ test-rounding: install
 $(VISION_VENV)/.installed: pyproject.toml Makefile
 	test -x $(VISION_VENV)/bin/python || python3 -m venv $(VISION_VENV)
 	$(VISION_VENV)/bin/python -m pip install -q --upgrade pip
-	$(VISION_VENV)/bin/python -m pip install -q $(VISION_SPEC)
-	$(VISION_VENV)/bin/python -m pip install -q -e ".[test,vision]"
+	$(VISION_VENV)/bin/python -m pip install -q --no-compile $(VISION_SPEC)
+	$(VISION_VENV)/bin/python -m pip install -q --no-compile -e ".[test,vision]"
 	touch $@
 
 test-vision: $(VISION_VENV)/.installed

@@ -132,3 +132,21 @@ def test_bench_rejects_unknown_names(capsys):
     assert "unknown model" in capsys.readouterr().err
     assert main(["bench", "--frameworks", "tensorflow", "--steps", "1"]) == 2
     assert "unknown framework" in capsys.readouterr().err
+
+
+def test_a_failed_framework_keeps_the_others_numbers(tmp_path, monkeypatch, capsys):
+    real = jobs.run_job
+
+    def run_job(job):
+        if job.framework == "jax":
+            raise RuntimeError("planted: the JAX worker died")
+        return real(job)
+    monkeypatch.setattr(jobs, "run_job", run_job)
+    code = main(["bench", "--models", "resnet20", "--batch", "2", "--image-size", "32", "--steps", "1",
+                 "--warmup", "0", "--frameworks", "jax,torch-eager", "--out", str(tmp_path)])
+    assert code == 1  # a failure is never a pass
+    data = json.loads((tmp_path / "throughput.json").read_text())
+    assert [r["framework"] for r in data["results"]] == ["torch-eager"]
+    assert data["refused"] == ["resnet20 (jax failed)"]
+    assert any("same work not checked (only torch-eager ran)" in n for n in data["same_work"])
+    assert "planted: the JAX worker died" in capsys.readouterr().err

@@ -166,7 +166,7 @@ def test_cli_check_passes_writes_reports_and_runs_very_deep_nets_op_by_op(monkey
 
     default, given = argparse.Namespace(steps=None), argparse.Namespace(steps=2)
     assert [cli_check.steps_for(n, a) for n in ("resnet20", "plain20") for a in (default, given)] == [10, 2, 0, 2]
-    code = main(["check", "--models", "resnet20,plain20", "--steps", "2", "--samples", "1", "--batch", "2",
+    code = main(["check", "--models", "resnet20,plain20", "--steps", "1", "--samples", "1", "--batch", "2",
                  "--report", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -174,7 +174,7 @@ def test_cli_check_passes_writes_reports_and_runs_very_deep_nets_op_by_op(monkey
     assert "settings for plain20: flax execution=op by op" in out
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["results"]["resnet20"]["ok"] and data["settings"]["tolerance"]["factor"] == 3.0
-    assert data["settings"]["steps"] == 2
+    assert data["settings"]["steps"] == 1
     assert data["results"]["resnet20"]["settings"] == {"flax execution": "jax.jit"}
     verdicts = {v["quantity"] for v in data["results"]["plain20"]["verdicts"]}
     assert {"sgd_losses", "adamw_losses", "sgd_final", "adamw_final"} <= verdicts

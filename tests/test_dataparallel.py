@@ -35,7 +35,7 @@ def cli_check(tmp_path, model: str, *args: str, timeout: float = 900) -> dict:
 # steps were chaotic even in float64: 1.5e-1 apart, measured); vgg11_bn huge, not slow: its 133M
 # weights make this 5-6 min and a 21 GB peak on a 24 GB, 2-core machine (measured)
 TWO_DEVICES = [
-    ("resnet20", ["--batch", "4", "--steps", "3", "--samples", "1"]),
+    ("resnet20", ["--batch", "4", "--steps", "2", "--samples", "1"]),
     pytest.param("resnet18", ["--batch", "4", "--size", "64", "--steps", "10", "--samples", "1"],
                  marks=pytest.mark.slow),
     pytest.param("vgg11_bn", ["--batch", "4", "--size", "64", "--steps", "3", "--samples", "1"],

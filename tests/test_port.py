@@ -18,7 +18,8 @@ from examples.convnet import TorchConvNet
 from examples.transformer import TorchTransformer
 from parity import port
 from parity.__main__ import main
-from parity.convert import files
+from parity.convert import files, rules
+from parity.port import files as files_port
 from parity.port import ops
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,7 +194,6 @@ def test_cli_port_refusals(mynet, capsys):
     assert "rejects inputs of shapes [(2, 5, 8, 8)]" in e
     assert "expected" in err(["mynet:Net", "--input-shape", "2,x,8", "--out", "a"], 2)
     assert "JSON object" in err(["mynet:Net", *shape, "--kwargs", "[1]", "--out", "a"], 2)
-    assert "not written yet" in err(["mynet:Net", *shape, "--api", "nnx", "--out", "a"], 2)
     import mynet as user
 
     torch.save(user.Net(width=4).state_dict(), mynet / "w.pt")  # another width: every mis-shaped key listed
@@ -234,3 +234,85 @@ def test_python_port_saves_and_refuses_to_overwrite(tmp_path):
     restored = files.load(tmp_path / "p" / "variables.safetensors")
     np.testing.assert_array_equal(np.asarray(restored["params"]["0"]["kernel"]),
                                   p.variables["params"]["0"]["kernel"])
+
+
+MIXER = '''
+import torch
+from torch import nn
+
+
+class Mixer(nn.Module):
+    """A Sequential with stateless layers between its convolutions, a raw parameter (a class token),
+    attention, LayerNorm, a Dropout module and a functional dropout that reads self.training: what an NNX
+    port writes apart from a Linen one."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.GroupNorm(4, 16), nn.GELU())
+        self.cls_token = nn.Parameter(torch.randn(1, 1, 16))
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.ln = nn.LayerNorm(16)
+        self.drop = nn.Dropout(0.1)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        t = x.flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1)
+        t = t + self.attn(t, t, t, need_weights=False)[0]
+        t = torch.nn.functional.dropout(self.ln(t), 0.2, self.training)
+        return self.head(self.drop(t[:, 0]))
+'''
+
+
+def test_nnx_port_is_native_nnx_with_the_linen_ports_paths_and_passes(tmp_path, monkeypatch):
+    import jax
+    import jax.numpy as jnp
+
+    from parity.check import nnx as nnx_check
+    from parity.port import _load, build, load_weight_map, write
+
+    (tmp_path / "mixmod.py").write_text(MIXER)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("mixmod", None)
+    out = tmp_path / "p"
+    assert main(["port", "mixmod:Mixer", "--input-shape", "4,3,16,16", "--api", "nnx", "--out", str(out),
+                 "--samples", "5"]) == 0
+    text = (out / "model.py").read_text()
+    assert "flax.linen" not in text and "nn.Module" not in text
+    assert "class Mixer(nnx.Module)" in text and "class Stem(nnx.List)" in text  # torch's indices kept
+    assert "self.cls_token = nnx.Param(" in text and json.loads((out / "port.json").read_text())["api"] == "nnx"
+    lint = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--isolated", str(out / "model.py")],
+                          capture_output=True, text=True, timeout=120)
+    assert lint.returncode == 0, lint.stdout
+    import mixmod
+
+    torch.manual_seed(0)
+    model, x = mixmod.Mixer().eval(), images(4, size=16)
+    # the same Flax paths as the Linen port's, so checkpoints move by the same rules
+    linen, _, root, _ = write(model, x, "linen")
+    xj = jnp.asarray(x.numpy().transpose(0, 2, 3, 1))
+    shapes = jax.eval_shape(lambda: build(_load(linen, "linen_mixer"), root).init(jax.random.key(0), xj))
+    assert {e.flax_key for e in load_weight_map(out).entries} == set(rules.flatten(shapes))
+    # a checkpoint moved by the weight map into the NNX model, run as any NNX model is (model.eval())
+    kind, variables = files_port.convert(out, model.state_dict())
+    flax_model = files_port.flax_module(out)
+    nnx_check.load(flax_model, variables)
+    flax_model.eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(np.asarray(flax_model(xj)), model(x).numpy(), rtol=1e-4, atol=1e-5)
+    # its own test passes
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(out / "test_port.py")],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout + run.stderr
+    sys.modules.pop("mixmod", None)
+
+
+def test_nnx_port_of_the_transformer_example_passes():
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50, (4, 16), generator=torch.Generator().manual_seed(0))
+    p = port(TorchTransformer(), ids, api="nnx", images=False)
+    assert p.passed, p.report
+    assert "nnx.Embed(" in p.source and "nnx.LayerNorm(" in p.source

@@ -216,6 +216,39 @@ def test_tokens_embedding_parameters_and_dropout():
     assert "nn.Dropout(rate=0.1" in p.source and "embed_padding" in p.source
 
 
+class LayerScale(nn.Module):
+    """ConvNeXt's layer scale: raw parameters of torch shape (C, 1, 1) and (1, C, 1, 1) broadcast against
+    an NCHW map, one of them on the left."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 6, 3, padding=1)
+        self.gamma = nn.Parameter(torch.randn(6, 1, 1))
+        self.beta = nn.Parameter(torch.randn(1, 6, 1, 1))
+
+    def forward(self, x):
+        return self.beta + self.gamma * self.conv(x)
+
+
+@pytest.mark.parametrize("api", ["linen", "nnx"])
+def test_parameters_that_broadcast_against_channels_are_stored_channels_last(api):
+    from parity.convert import rules
+
+    model = LayerScale()
+    p = proven(model, image(), api=api)
+    # stored as they broadcast against the channels-last map: no transpose at run time
+    assert "(1, 1, 6)" in p.source and "(1, 1, 1, 6)" in p.source and "jnp.transpose" not in p.source
+    layouts = {e.torch_key: e.layout for e in p.weight_map.entries}
+    assert layouts["gamma"] == rules.Layout("permute", axes=(1, 2, 0))
+    assert layouts["beta"] == rules.Layout("permute", axes=(0, 2, 3, 1))
+    assert "gamma: torch's (6, 1, 1) stored as (1, 1, 6)" in p.report
+    # the map both ways, bit-exact, and through its JSON form
+    again = rules.WeightMap.from_json(p.weight_map.to_json())
+    back = again.to_torch(p.weight_map.to_flax({k: v.numpy() for k, v in model.state_dict().items()}))
+    for k, v in model.state_dict().items():
+        assert torch.equal(torch.from_numpy(back[k]), v), k
+
+
 class Shared(nn.Module):
     """One module called twice (its parameters shared), and a ModuleList indexed in forward."""
 

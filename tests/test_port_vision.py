@@ -39,12 +39,19 @@ MODELS = {
 }
 
 
+# the NNX ports of those that hold what NNX writes apart: attention, class token and position embedding
+# (vit), stochastic depth (efficientnet), layer scale and LayerNorm on channels-last maps (convnext)
+NNX = {"vit (2 layers)": (), "efficientnet_b0": pytest.mark.slow, "convnext_tiny": pytest.mark.slow}
+CASES = [pytest.param(b, s, "linen", marks=m, id=n) for n, (b, s, m) in MODELS.items()]
+CASES += [pytest.param(*MODELS[n][:2], "nnx", marks=m, id=f"{n} nnx") for n, m in NNX.items()]
+
+
 @pytest.mark.vision
-@pytest.mark.parametrize("build,size", [pytest.param(b, s, marks=m, id=n) for n, (b, s, m) in MODELS.items()])
-def test_torchvision_model_ports_and_passes(build, size):
+@pytest.mark.parametrize("build,size,api", CASES)
+def test_torchvision_model_ports_and_passes(build, size, api):
     torch.manual_seed(0)
     model = build()
-    p = port(model, torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)), samples=1)
+    p = port(model, torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)), samples=1, api=api)
     assert p.passed, p.report
-    assert f"class {type(model).__name__}(nn.Module)" in p.source
+    assert f"class {type(model).__name__}({'nnx' if api == 'nnx' else 'nn'}.Module)" in p.source
     assert set(p.weight_map.by_torch) == set(model.state_dict())

@@ -17,19 +17,28 @@ GPU_PEAKS = {
 }
 
 
-def cpu_peak_probe(dtype: str = "fp32", n: int = 2048, repeats: int = 5) -> float:
-    """Measured matmul FLOP/s of this CPU (torch, every core): the "achievable" denominator."""
+def cpu_peak_probe(dtype: str = "fp32", n: int = 2048, repeats: int = 5, seconds: float = 0.05) -> float:
+    """Measured matmul FLOP/s of this CPU (torch, every core): the "achievable" denominator. The size
+    grows from 256 to ``n`` only while one product takes under ``seconds``: bf16 without a fast CPU
+    kernel runs at about 1 GFLOP/s (a 2048 product 15 s), and the probe stays well under a second."""
     import torch
 
     dt = torch.bfloat16 if dtype == "bf16" else torch.float32
-    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
-    a @ b
+    size = min(256, n)
+    while True:
+        a, b = torch.randn(size, size, dtype=dt), torch.randn(size, size, dtype=dt)
+        a @ b
+        t = time.perf_counter()
+        a @ b
+        if time.perf_counter() - t >= seconds or size >= n:
+            break
+        size *= 2
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+    return 2 * size**3 / best
 
 
 @dataclass(frozen=True)

@@ -67,9 +67,26 @@ def variables(model: nnx.Module) -> dict:
     """``{'params', 'batch_stats'}`` of an NNX module as nested dicts (keys as strings)."""
     from flax import nnx
 
-    out = {"params": _str_keys(nnx.state(model, nnx.Param).to_pure_dict())}
-    stats = _str_keys(nnx.state(model, nnx.BatchStat).to_pure_dict())
+    out = {"params": _str_keys(_pure(nnx.state(model, nnx.Param)))}
+    stats = _str_keys(_pure(nnx.state(model, nnx.BatchStat)))
     return {**out, "batch_stats": stats} if stats else out
+
+
+def _pure(state: Any) -> dict:
+    """An NNX state as nested dicts of arrays (``nnx.to_pure_dict`` where flax has it: State's own
+    method is deprecated from flax 0.12)."""
+    from flax import nnx
+
+    return nnx.to_pure_dict(state) if hasattr(nnx, "to_pure_dict") else state.to_pure_dict()
+
+
+def _replace(state: Any, pure: dict, replace_fn: Callable | None = None) -> None:
+    from flax import nnx
+
+    if hasattr(nnx, "replace_by_pure_dict"):
+        nnx.replace_by_pure_dict(state, pure, replace_fn)
+    else:
+        state.replace_by_pure_dict(pure, replace_fn)
 
 
 def _str_keys(tree: Tree) -> Tree:
@@ -92,7 +109,7 @@ def load(model: nnx.Module, variables: Mapping[str, Tree]) -> None:
         if coll not in variables:
             continue
         state = nnx.state(model, kind)
-        state.replace_by_pure_dict(_like(variables[coll], state.to_pure_dict()),
+        _replace(state, _like(variables[coll], _pure(state)),
                                    replace_fn=lambda old, new: old.replace(jnp.asarray(new, _value(old).dtype)))
         nnx.update(model, state)
 
@@ -155,11 +172,13 @@ class LinenView:
         from flax import nnx
 
         params = jax.tree_util.tree_map(lambda v: v, self._params)
-        params.replace_by_pure_dict(_like(variables_["params"], params.to_pure_dict()))
+        _replace(params, _like(variables_["params"], _pure(params)))
         stats = jax.tree_util.tree_map(lambda v: v, self._stats)
         if variables_.get("batch_stats"):
-            stats.replace_by_pure_dict(_like(variables_["batch_stats"], stats.to_pure_dict()))
+            _replace(stats, _like(variables_["batch_stats"], _pure(stats)))
         model = nnx.merge(self.graphdef, params, stats, self._rest, copy=True)
+        if any(getattr(v, "dtype", None) == np.float64 for v in jax.tree_util.tree_leaves(variables_["params"])):
+            _unpin_dtypes(model)
         model.train() if train else model.eval()
         captured: dict = {}
         with _capture(model, captured) if capture_intermediates else nullcontext():
@@ -168,10 +187,21 @@ class LinenView:
             return out
         updates: dict = {}
         if "batch_stats" in (mutable if isinstance(mutable, (list, tuple)) else [mutable]):
-            updates["batch_stats"] = _str_keys(nnx.state(model, nnx.BatchStat).to_pure_dict())
+            updates["batch_stats"] = _str_keys(_pure(nnx.state(model, nnx.BatchStat)))
         if capture_intermediates:
             updates["intermediates"] = captured
         return out, updates
+
+
+def _unpin_dtypes(model: nnx.Module) -> None:
+    """For the float64 run: a layer that fixed its compute dtype to its parameters' at construction
+    (``nnx.Embed``: ``dtype or param_dtype``) follows the parameters it is given instead."""
+    from flax import nnx
+
+    for _, m in nnx.iter_graph(model):
+        if isinstance(m, nnx.Module) and getattr(m, "dtype", None) is not None \
+                and m.dtype == getattr(m, "param_dtype", object()):
+            m.dtype = None
 
 
 @contextmanager

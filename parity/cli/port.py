@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kwargs", default="{}", help="JSON keyword arguments for CALLABLE")
     p.add_argument("--weights", type=Path, help="a state_dict file loaded strictly into the torch model first")
     p.add_argument("--api", choices=("linen", "nnx"), default="linen",
-                   help="the Flax API of the written source (nnx: not written yet, refused)")
+                   help="the Flax API of the written source: flax.linen modules, or native flax.nnx ones")
     p.add_argument("--tokens", type=int, help="integer inputs below this (token ids) instead of random floats")
     p.add_argument("--format", choices=("safetensors", "msgpack"), default="safetensors", help="the weights' file")
     p.add_argument("--samples", type=int, default=5, help="the proof's working-dtype runs per framework")

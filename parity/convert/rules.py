@@ -39,10 +39,13 @@ class Layout:
     ``copy``; ``conv`` (O, I/g, *k) -> (*k, I/g, O); ``conv_transpose`` (I, O, *k) -> (*k, I, O) flipped in
     space, for Flax's ConvTranspose(transpose_kernel=False); ``linear`` (O, I) -> (I, O); ``counter``
     torch's int64 batch count as int32, which JAX holds without x64; ``linear_chw`` a Linear fed by a
-    (C, H, W) map that torch flattened and Flax flattens as (H, W, C): its rows permuted, ``chw`` the map."""
+    (C, H, W) map that torch flattened and Flax flattens as (H, W, C): its rows permuted, ``chw`` the map;
+    ``permute`` torch's dimensions in the order ``axes`` (a port's raw parameter stored the way it
+    broadcasts against a channels-last map: torch's (C, 1, 1) as (1, 1, C))."""
 
     kind: str
     chw: tuple[int, int, int] | None = None
+    axes: tuple[int, ...] | None = None
 
     def to_flax(self, a: np.ndarray) -> np.ndarray:
         nd = a.ndim
@@ -57,6 +60,8 @@ class Layout:
             return a.reshape(a.shape[0], c, h, w).transpose(2, 3, 1, 0).reshape(h * w * c, a.shape[0])
         if self.kind == "counter":
             return a.astype(np.int32)
+        if self.kind == "permute":
+            return a.transpose(self.axes)
         return a
 
     def to_torch(self, a: np.ndarray) -> np.ndarray:
@@ -72,6 +77,8 @@ class Layout:
             return a.reshape(h, w, c, a.shape[1]).transpose(3, 2, 0, 1).reshape(a.shape[1], c * h * w)
         if self.kind == "counter":
             return a.astype(np.int64)
+        if self.kind == "permute":
+            return a.transpose(np.argsort(self.axes))
         return a
 
     def flax_shape(self, shape: Sequence[int]) -> Shape:
@@ -253,13 +260,15 @@ class WeightMap:
         """The map as data (a port saves it beside its weights; ``from_json`` reads it back)."""
         return {"entries": [{"torch": e.torch_key, "flax": "/".join(e.flax_key), "layout": e.layout.kind,
                              **({"chw": list(e.layout.chw)} if e.layout.chw else {}),
+                             **({"axes": list(e.layout.axes)} if e.layout.axes else {}),
                              "shape": list(self.torch_shapes[e.torch_key])} for e in self.entries]}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> WeightMap:
         try:
             entries = [Entry(d["torch"], tuple(d["flax"].split("/")),
-                             Layout(d["layout"], tuple(d["chw"]) if "chw" in d else None)) for d in data["entries"]]
+                             Layout(d["layout"], tuple(d["chw"]) if "chw" in d else None,
+                                    tuple(d["axes"]) if "axes" in d else None)) for d in data["entries"]]
             shapes = {d["torch"]: tuple(d["shape"]) for d in data["entries"]}
         except (KeyError, TypeError, AttributeError) as e:
             raise MappingError(f"not a weight map: {type(e).__name__}: {e}") from e

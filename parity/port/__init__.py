@@ -27,15 +27,17 @@ if TYPE_CHECKING:
     from parity.check.judgement import Result
     from parity.convert.rules import WeightMap
 
-__all__ = ["port", "Port", "PortError", "load_weight_map", "proof_module", "without_dropout"]
+__all__ = ["port", "Port", "PortError", "build", "load_weight_map", "proof_module", "without_dropout"]
 
+APIS = ("linen", "nnx")
 PROOF = {"samples": 5, "steps": 0}  # the proof's check: 5 runs per side, one SGD step (docs/port.md)
 
 
 @dataclasses.dataclass
 class Port:
-    """A written port: ``source`` (model.py), its root class ``flax_module`` with ``variables`` (the torch
-    module's weights, moved by ``weight_map``), and ``result``, the proof (``check_pair``)."""
+    """A written port: ``source`` (model.py), its root class ``flax_module`` (Linen; NNX: built, holding the
+    weights) with ``variables`` (the torch module's weights, moved by ``weight_map``), and ``result``, the
+    proof (``check_pair``)."""
 
     source: str
     root: str  # the root class's name in ``source``
@@ -49,6 +51,7 @@ class Port:
     input_dtypes: list[str]
     proof: dict  # the check_pair options the proof ran with
     spec: dict = dataclasses.field(default_factory=dict)  # how to build the torch module again (the CLI's)
+    api: str = "linen"
 
     @property
     def passed(self) -> bool:
@@ -120,11 +123,8 @@ def write(torch_module: torch.nn.Module, example_inputs: Any, api: str = "linen"
 
     from parity.port import ops, source, trace
 
-    if api == "nnx":  # refused rather than answered with Linen source under another name
-        raise ValueError("api='nnx': native flax.nnx source is not written yet; port with api='linen' "
-                         "(flax.nnx.bridge.ToNNX runs a Linen module under NNX)")
-    if api != "linen":
-        raise ValueError(f"api: expected 'linen', got {api!r}")
+    if api not in APIS:
+        raise ValueError(f"api: expected one of {APIS}, got {api!r}")
     if not isinstance(torch_module, torch.nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(torch_module).__name__}")
     args = _inputs(example_inputs)
@@ -139,19 +139,22 @@ def write(torch_module: torch.nn.Module, example_inputs: Any, api: str = "linen"
     train_traced = trace.walk(work.train(), args, is_layer)
     work.eval()
     modules = dict(work.named_modules())
-    bodies, train_bodies, problems = source.emit_all(traced, train_traced, ops.table(), rule_for)
+    bodies, train_bodies, problems = source.emit_all(traced, train_traced, ops.table(), rule_for, api)
     unused = [p for p, m in modules.items() if p and p not in traced and not is_layer(m)
               and not any(q.startswith(p + ".") for q in traced) and list(m.parameters(recurse=False))]
     problems += [f"{p} ({type(modules[p]).__name__}): never called in forward; its weights could not be ported"
                  for p in unused]
     if problems:
         raise PortError(problems)
-    classes_text, classes, names = source.assemble(bodies, train_bodies, modules)
+    classes_text, classes, names = source.assemble(bodies, train_bodies, modules, api)
     helpers = set().union(*(b.helpers for b in [*bodies.values(), *train_bodies.values()]))
     root = names[""]
-    note = (f"Flax port of {type(torch_module).__module__}.{type(torch_module).__qualname__}, written by parity "
-            f"port (docs/port.md).\n\nImages and volumes are channels-last; parameter paths are torch's keys with "
-            f"Flax's leaf names (weight_map.json moves the weights both ways).")
+    note = (f"Flax {'NNX' if api == 'nnx' else 'Linen'} port of {type(torch_module).__module__}."
+            f"{type(torch_module).__qualname__}, written by parity port (docs/port.md).\n\nImages and volumes are "
+            f"channels-last; parameter paths are torch's keys with Flax's leaf names (weight_map.json moves the "
+            f"weights both ways)."
+            + ("\nBuild with rngs=nnx.Rngs(0); model.eval() for inference, model.train() for training (a dropout "
+               "needs a 'dropout' stream)." if api == "nnx" else ""))
     notes = {
         "classes": [f"{c.name}: {c.torch_class} ({len(c.instances)} instance(s)"
                     + (f"; fields {', '.join(c.fields)}" if c.fields else "") + ")" for c in classes],
@@ -163,8 +166,15 @@ def write(torch_module: torch.nn.Module, example_inputs: Any, api: str = "linen"
         "train_graphs": [f"{p or '(root)'}: its forward reads self.training; both graphs written (if train: ...)"
                          for p in train_bodies],
         "layer_layouts": {k: v for b in bodies.values() for k, v in b.layer_layouts.items()},
+        # raw parameters stored in the order in which they broadcast against channels-last maps
+        "param_axes": {f"{p}.{k}" if p else k: axes for p, b in [*bodies.items(), *train_bodies.items()]
+                       for k, axes in b.param_axes.items()},
     }
-    text = source.module_file(classes_text, helpers, root, note)
+    for k, a in notes["param_axes"].items():
+        shape = tuple(work.get_parameter(k).shape)
+        notes["layouts"].append(f"{k}: torch's {shape} stored as {tuple(shape[i] for i in a)} (it broadcasts "
+                                f"against a channels-last map; the weight map permutes it)")
+    text = source.module_file(classes_text, helpers, root, note, api)
     return text, source.zero_dropout(text), root, notes
 
 
@@ -172,10 +182,12 @@ def port(torch_module: torch.nn.Module, example_inputs: Any, *, api: str = "line
     """Write ``torch_module`` as Flax source and prove it on ``example_inputs`` (torch's layout):
     ``check_pair`` of the torch module and the port (dropout rates 0 on both sides), float64 structure
     and working-dtype precision, eval and train mode, every gradient, an optimizer step;
-    ``check_options`` as ``check_pair``'s (default samples=5, steps=0)."""
+    ``check_options`` as ``check_pair``'s (default samples=5, steps=0). ``api``: "linen" (``flax.linen``
+    modules) or "nnx" (native ``flax.nnx`` modules, the same names and the same proof)."""
     import jax
     import numpy as np
 
+    from parity.check import nnx as nnx_check
     from parity.check import pairs
     from parity.check.engine import check_pair
     from parity.convert import rules
@@ -188,25 +200,41 @@ def port(torch_module: torch.nn.Module, example_inputs: Any, *, api: str = "line
     arrays = tuple(a.detach().cpu().numpy() for a in args)
     images = check_options.get("images", True)
     fargs = pairs.flax_args(tuple(a.astype(np.float32) if a.dtype.kind == "f" else a for a in arrays), images)
-    flax_root = getattr(final, root)()
-    shapes = jax.eval_shape(lambda *a: flax_root.init(jax.random.key(0), *a), *fargs)
+    flax_root, proof_root = build(final, root, api), build(proof, root, api)
+    if api == "linen":
+        shapes = jax.eval_shape(lambda *a: flax_root.init(jax.random.key(0), *a), *fargs)
+    else:
+        shapes = nnx_check.variables(flax_root)
     flax_shapes = {k: tuple(v.shape) for k, v in rules.flatten(shapes).items()}
     sd = torch_module.state_dict()
     wmap = rules.WeightMap.match({k: tuple(v.shape) for k, v in sd.items()}, rules.module_types(torch_module),
-                                 flax_shapes)
+                                 flax_shapes, layouts={k: rules.Layout("permute", axes=tuple(a))
+                                                       for k, a in notes["param_axes"].items()})
     options = {**PROOF, **check_options}
     layouts = notes["layer_layouts"]
-    result = check_pair(without_dropout(torch_module), getattr(proof, root)(), args, weight_map=wmap,
+    result = check_pair(without_dropout(torch_module), proof_root, args, weight_map=wmap,
                         layer_layouts=layouts, **options)
     proof_s = time.perf_counter() - start - written
     variables = wmap.to_flax({k: v.detach().cpu().numpy() for k, v in sd.items()})
+    if api == "nnx":  # an NNX module holds its weights
+        nnx_check.load(flax_root, variables)
     report = _report(torch_module, result, notes, written, proof_s, options)
     high = max([int(a.max()) + 1 for a in args if not a.is_floating_point()], default=2)
     return Port(text, root, flax_root, variables, wmap, result, report, torch_module,
                 [tuple(a.shape) for a in args], [str(a.dtype).removeprefix("torch.") for a in args],
                 {**{k: v for k, v in options.items() if k in ("samples", "steps", "images", "seed")},
                  "layer_layouts": layouts},
-                {"token_high": high})
+                {"token_high": high}, api)
+
+
+def build(module: types.ModuleType, root: str, api: str = "linen") -> Any:
+    """The root class of a written ``model.py``, built: a Linen module, or an NNX one (``rngs=nnx.Rngs(0)``)."""
+    cls = getattr(module, root)
+    if api == "linen":
+        return cls()
+    from flax import nnx
+
+    return cls(rngs=nnx.Rngs(0))
 
 
 def _report(torch_module: torch.nn.Module, result: Result, notes: dict, written_s: float, proof_s: float,

@@ -1,5 +1,6 @@
-"""The port's back end for one traced module: its graph, node by node, as the body of a Flax Linen
-``__call__`` (docs/port.md, "The op table"). Hyperparameters are slots (``⟦name⟧``) that become literals
+"""The port's back end for one traced module: its graph, node by node, as the body of a Flax ``__call__``
+(Linen; or NNX, whose layers are built in ``__init__``: ``Body.init``) (docs/port.md, "The op table").
+Hyperparameters are slots (``⟦name⟧``) that become literals
 where every instance of the class agrees and dataclass fields where they differ; a generated child is
 ``⟪C:path⟫(⟪K:path⟫)``, filled in once that child's class is known (``parity.port.source``)."""
 
@@ -41,6 +42,10 @@ class Body:
     concrete: bool = False
     dropout_slots: set[str] = dataclasses.field(default_factory=set)  # rates: 0 for the proof
     layer_layouts: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # module path -> perm
+    # NNX: (attribute, constructor) of each layer, child and parameter, in the order forward first uses them
+    init: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    # raw parameter (torch key below this module) -> its dimensions' order as stored (Layout "permute")
+    param_axes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
 
 
 SLOT, CLASS, KWARGS = "⟦{}⟧", "⟪C:{}⟫", "⟪K:{}⟫"
@@ -76,18 +81,22 @@ class Emitter:
     their own; ``ops``: the op table."""
 
     def __init__(self, traced: Traced, children: dict[str, Traced], root_path: str, class_base: str,
-                 ops: OpTable, rules: Callable[[object, str], Any], modes: dict[str, Traced] | None = None):
+                 ops: OpTable, rules: Callable[[object, str], Any], api: str = "linen"):
         self.t = traced
+        self.api = api
         self.children = children
         self.ops = ops
         self.rules = rules  # (torch module, leaf) -> (flax leaf, layout kind)
         self.body = Body(traced.path, class_base, [], concrete=traced.concrete)
         self.env: dict[str, V] = {}
-        self.names: set[str] = {"self", "train", "nn", "jnp", "jax", "np", "math"}
+        self.names: set[str] = {"self", "train", "nn", "nnx", "jnp", "jax", "np", "math", "rngs"}
         self.created: dict[str, str] = {}  # child name -> local variable holding it (called more than once)
         self.calls: dict[str, int] = {}
         self.problems: list[str] = []
         self.slot_names: set[str] = set()
+        # raw parameters not yet used: variable -> (torch leaf, the declaration as written, its shape text)
+        self.raw: dict[str, tuple[str, str, str]] = {}
+        self.param_vars: set[str] = set()  # a parameter's variable is not renamed to a result's
 
     # ------------------------------------------------------------------ helpers for handlers
 
@@ -133,7 +142,7 @@ class Emitter:
         if node is None or not node.all_input_nodes:
             return None
         cand = self.env.get(node.all_input_nodes[0].name)
-        if cand is None or not cand.expr.isidentifier() or cand.expr not in self.names:
+        if cand is None or not cand.expr.isidentifier() or cand.expr not in self.names or cand.expr in self.param_vars:
             return None
         here = self.order[node.name]
         for other, v in self.env.items():
@@ -153,6 +162,31 @@ class Emitter:
             self.line(f"{name} = jnp.transpose({v.expr}, {axes})")
             return name
         return f"jnp.transpose({v.expr}, {axes})"
+
+    def place(self, v: V, like: V) -> V:
+        """``v``, a raw parameter at its first use, stored in the layout in which it broadcasts against
+        ``like`` as torch broadcasts it (torch's (C, 1, 1) against a channels-last map: (1, 1, C)); the
+        weight map records the permutation. Any other value as it is."""
+        if v.expr not in self.raw or not like.tensor or like.ndim < v.ndim:
+            return v
+        target, decl, shape = self.raw.pop(v.expr)
+        lead = like.ndim - v.ndim
+        if tuple(like.perm[:lead]) != identity(lead):
+            return v
+        perm = tuple(p - lead for p in like.perm[lead:])
+        if perm == identity(v.ndim):
+            return v
+        stored = V(v.expr, v.shape, perm)
+        new = decl.replace(shape, repr(stored.flax_shape))
+        if self.linen:
+            self.body.lines[self.body.lines.index(decl)] = new
+        else:
+            self.body.init = [(k, new if c == decl else c) for k, c in self.body.init]
+        self.body.param_axes[target] = inverse(perm)
+        for k, x in self.env.items():
+            if x.expr == v.expr:
+                self.env[k] = stored
+        return stored
 
     def channels_last(self, v: V) -> str:
         return self.to(v, channels_last(v.ndim))
@@ -307,7 +341,15 @@ class Emitter:
 
         fshape = Layout(kind).flax_shape(tuple(obj.shape))
         name = self.var(target)
-        self.line(f"{name} = self.param({leaf!r}, nn.initializers.zeros_init(), {fshape})")
+        self.param_vars.add(name)
+        if self.linen:
+            decl = f"{name} = self.param({leaf!r}, nn.initializers.zeros_init(), {fshape})"
+            self.line(decl)
+        else:
+            decl = f"nnx.Param(jnp.zeros({fshape}))"
+            self.line(f"{name} = {self.attribute(leaf, decl)}[...]")
+        if kind == "copy" and obj.ndim >= 2:  # stored as its first use broadcasts it (``place``)
+            self.raw[name] = (target, decl, repr(fshape))
         perm = identity(obj.ndim)
         return V(name, tuple(obj.shape), perm, False, kernel="" if kind == "copy" else kind)
 
@@ -331,6 +373,26 @@ class Emitter:
         if isinstance(out, V) and out.tensor and out.perm is not None:
             self.body.layer_layouts[path] = tuple(out.perm)
         return out
+
+    @property
+    def linen(self) -> bool:
+        return self.api == "linen"
+
+    def layer(self, target: str, linen: str, linen_args: str, nnx: str, nnx_args: str) -> str:
+        """The expression that calls layer ``target`` (a submodule path; a node's name for an unnamed
+        layer): Linen builds ``linen(linen_args, name=...)`` where it is called, NNX holds
+        ``nnx(nnx_args, rngs=rngs)`` as an attribute set in ``__init__``."""
+        if self.linen:
+            name = target.replace(".", "_")
+            return self.module(target, f"{linen}({linen_args}, name={name!r})" if target in self.calls
+                               else f"{linen}({linen_args})")
+        return self.attribute(target, f"{nnx}({nnx_args}, rngs=rngs)")
+
+    def attribute(self, key: str, constructor: str) -> str:
+        """NNX: ``self.<key>`` (``self[i]`` for a list's index) set once in ``__init__``."""
+        if key not in (k for k, _ in self.body.init):
+            self.body.init.append((key, constructor))
+        return f"self[{key}]" if key.isdigit() else f"self.{key.replace('.', '_')}"
 
     def module(self, name: str, constructor: str) -> str:
         """The expression that calls child ``name`` (created once; a local when called again)."""
@@ -359,10 +421,13 @@ class Emitter:
 
         exprs = [arg(a) for a in args]
         exprs += [f"{k}={v.expr}" for k, v in kwargs.items()]
-        ctor = f"{CLASS.format(path)}({KWARGS.format(path)}name={node.target.replace('.', '_')!r})"
-        call = self.module(node.target, ctor)
+        if self.linen:
+            ctor = f"{CLASS.format(path)}({KWARGS.format(path)}name={node.target.replace('.', '_')!r})"
+            expr = f"{self.module(node.target, ctor)}({', '.join([*exprs, 'train=train'])})"
+        else:  # NNX: the child follows model.train() / model.eval() itself
+            expr = f"{self.attribute(node.target, f'{CLASS.format(path)}({KWARGS.format(path)}rngs=rngs)')}" \
+                   f"({', '.join(exprs)})"
         m = self.meta(node)
-        expr = f"{call}({', '.join([*exprs, 'train=train'])})"
         if isinstance(m, torch.Tensor):
             integer = not m.is_floating_point()
             return self.assign(node.name, expr, shape=tuple(m.shape), perm=canonical(m.shape, integer), integer=integer)

@@ -18,6 +18,7 @@ import numpy as np
 if TYPE_CHECKING:
     import flax.linen as fnn
     import torch
+    from flax import nnx
 
     from parity.port import Port
 
@@ -30,7 +31,7 @@ same masks). Written by parity port."""
 import json
 from pathlib import Path
 
-from parity.port import files, load_weight_map, proof_module, without_dropout
+from parity.port import build, files, load_weight_map, proof_module, without_dropout
 
 HERE = Path(__file__).parent
 META = json.loads((HERE / "port.json").read_text())
@@ -43,7 +44,7 @@ def torch_module():
 
 
 def test_port(parity):
-    flax_module = getattr(proof_module(HERE / "model.py"), META["root"])()
+    flax_module = build(proof_module(HERE / "model.py"), META["root"], META.get("api", "linen"))
     result = parity(without_dropout(torch_module()), flax_module, files.example_inputs(HERE),
                     weight_map=load_weight_map(HERE), **META["proof"])
     assert result.passed
@@ -68,7 +69,7 @@ def save(p: Port, out: Path, force: bool = False, fmt: str = "safetensors") -> P
         spec = p.spec or {}
         meta = {"root": p.root, "input_shapes": [list(s) for s in p.input_shapes], "input_dtypes": p.input_dtypes,
                 "token_high": spec.get("token_high", 2), "proof": p.proof, "weights_file": FORMATS[fmt],
-                "verdict": p.result.verdict(), **{k: v for k, v in spec.items() if k != "token_high"}}
+                "verdict": p.result.verdict(), "api": p.api, **{k: v for k, v in spec.items() if k != "token_high"}}
         (tmp / "port.json").write_text(json.dumps(meta, indent=1))
         if not spec.get("spec"):
             torch.save(p.torch_module, tmp / "torch_module.pt")
@@ -117,11 +118,13 @@ def torch_module(folder: str | Path) -> torch.nn.Module:
     return m
 
 
-def flax_module(folder: str | Path) -> fnn.Module:
-    """The root module of a saved port's ``model.py``."""
-    from parity.port import _load
+def flax_module(folder: str | Path) -> fnn.Module | nnx.Module:
+    """The root module of a saved port's ``model.py`` (an NNX port's built with ``rngs=nnx.Rngs(0)``)."""
+    from parity.port import _load, build
 
-    return getattr(_load((Path(folder) / "model.py").read_text(), "ported_model"), meta(folder)["root"])()
+    info = meta(folder)
+    return build(_load((Path(folder) / "model.py").read_text(), "ported_model"), info["root"],
+                 info.get("api", "linen"))
 
 
 def example_inputs(folder: str | Path, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -174,7 +177,7 @@ def verify(folder: str | Path, state_dict: dict, variables: dict) -> tuple[float
     import torch
 
     from parity import layout
-    from parity.check import pairs
+    from parity.check import nnx, pairs
     from parity.convert import arrays
 
     tm = torch_module(folder).float().eval()
@@ -184,7 +187,9 @@ def verify(folder: str | Path, state_dict: dict, variables: dict) -> tuple[float
         yt = [np.asarray(y.detach().numpy(), np.float32) for y in jax.tree_util.tree_leaves(tm(*args))]
     v32 = jax.tree_util.tree_map(arrays.as_float32, variables)
     fargs = pairs.flax_args(tuple(a.numpy() for a in args), True)
-    yj = [np.asarray(y) for y in jax.tree_util.tree_leaves(flax_module(folder).apply(v32, *fargs))]
+    fm = flax_module(folder)
+    fm = nnx.LinenView(fm) if nnx.is_nnx(fm) else fm
+    yj = [np.asarray(y) for y in jax.tree_util.tree_leaves(fm.apply(v32, *fargs))]
     if len(yt) != len(yj):
         raise ValueError(f"the torch module returned {len(yt)} arrays, the port {len(yj)}")
     # an image output is channels-last on the Flax side

@@ -68,12 +68,15 @@ def conv(em: Emitter, node: fx.Node, m: torch.nn.Module, name: str, x: V) -> V:
             [(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(m.kernel_size, m.dilation, strict=True)]
     else:
         padding = [(p, p) for p in _pair(m.padding, n)]
-    ctor = (f"nn.Conv({em.slot(name, 'features', m.out_channels)}, {tuple(m.kernel_size)}, "
-            f"strides={em.slot(name, 'strides', tuple(m.stride))}, padding={em.slot(name, 'padding', tuple(padding))}, "
+    features = em.slot(name, 'features', m.out_channels)
+    rest = (f"{tuple(m.kernel_size)}, strides={em.slot(name, 'strides', tuple(m.stride))}, "
+            f"padding={em.slot(name, 'padding', tuple(padding))}, "
             + (f"kernel_dilation={tuple(m.dilation)}, " if any(d != 1 for d in m.dilation) else "")
             + (f"feature_group_count={em.slot(name, 'groups', m.groups)}, " if m.groups != 1 else "")
-            + f"use_bias={m.bias is not None}, conv_general_dilated={em.helper('fast_conv')}, name={name!r})")
-    return em.assign(node.name, f"{em.module(node.target, ctor)}({em.channels_last(x)})",
+            + f"use_bias={m.bias is not None}, conv_general_dilated={em.helper('fast_conv')}")
+    call = em.layer(node.target, "nn.Conv", f"{features}, {rest}", "nnx.Conv",
+                    f"{em.slot(name, 'in_features', m.in_channels)}, {features}, {rest}")
+    return em.assign(node.name, f"{call}({em.channels_last(x)})",
                      shape=tuple(em.meta(node).shape), perm=channels_last(x.ndim))
 
 
@@ -84,11 +87,14 @@ def conv_transpose(em: Emitter, node: fx.Node, m: torch.nn.Module, name: str, x:
     # (the weight rules flip it): Flax's ConvTranspose with transpose_kernel=False
     pad = tuple((d * (k - 1) - p, d * (k - 1) - p + op) for k, d, p, op in
                 zip(m.kernel_size, m.dilation, m.padding, m.output_padding, strict=True))
-    ctor = (f"nn.ConvTranspose({em.slot(name, 'features', m.out_channels)}, {tuple(m.kernel_size)}, "
-            f"strides={em.slot(name, 'strides', tuple(m.stride))}, padding={em.slot(name, 'padding', pad)}, "
+    features = em.slot(name, 'features', m.out_channels)
+    rest = (f"{tuple(m.kernel_size)}, strides={em.slot(name, 'strides', tuple(m.stride))}, "
+            f"padding={em.slot(name, 'padding', pad)}, "
             + (f"kernel_dilation={tuple(m.dilation)}, " if any(d != 1 for d in m.dilation) else "")
-            + f"use_bias={m.bias is not None}, transpose_kernel=False, name={name!r})")
-    return em.assign(node.name, f"{em.module(node.target, ctor)}({em.channels_last(x)})",
+            + f"use_bias={m.bias is not None}, transpose_kernel=False")
+    call = em.layer(node.target, "nn.ConvTranspose", f"{features}, {rest}", "nnx.ConvTranspose",
+                    f"{em.slot(name, 'in_features', m.in_channels)}, {features}, {rest}")
+    return em.assign(node.name, f"{call}({em.channels_last(x)})",
                      shape=tuple(em.meta(node).shape), perm=channels_last(x.ndim))
 
 
@@ -101,8 +107,10 @@ def _last_dim_first(em: Emitter, v: V, why: str) -> tuple[str, tuple[int, ...]]:
 
 def linear(em: Emitter, node: fx.Node, m: torch.nn.Module, name: str, x: V) -> V:
     expr, perm = _last_dim_first(em, x, "a Linear acts on torch's last dimension: back to torch's order")
-    ctor = f"nn.Dense({em.slot(name, 'features', m.out_features)}, use_bias={m.bias is not None}, name={name!r})"
-    return em.assign(node.name, f"{em.module(node.target, ctor)}({expr})", shape=tuple(em.meta(node).shape), perm=perm)
+    features, bias = em.slot(name, 'features', m.out_features), f"use_bias={m.bias is not None}"
+    call = em.layer(node.target, "nn.Dense", f"{features}, {bias}", "nnx.Linear",
+                    f"{em.slot(name, 'in_features', m.in_features)}, {features}, {bias}")
+    return em.assign(node.name, f"{call}({expr})", shape=tuple(em.meta(node).shape), perm=perm)
 
 
 def batch_norm(em: Emitter, node: fx.Node, m: torch.nn.Module, name: str, x: V) -> V:
@@ -112,8 +120,11 @@ def batch_norm(em: Emitter, node: fx.Node, m: torch.nn.Module, name: str, x: V) 
         args.append("affine=False")
     if not m.track_running_stats:
         args.append("track_running_stats=False")
-    ctor = f"BatchNorm({', '.join(args)}, name={name!r})"
-    return em.assign(node.name, f"{em.module(node.target, ctor)}({em.channels_last(x)}, train)",
+    call = em.layer(node.target, "BatchNorm", ", ".join(args), "BatchNorm",
+                    ", ".join([em.slot(name, "num_features", m.num_features), *args]))
+    # Linen takes the mode as an argument; NNX's BatchNorm follows model.train() / model.eval()
+    expr = f"{call}({em.channels_last(x)}, train)" if em.linen else f"{call}({em.channels_last(x)})"
+    return em.assign(node.name, expr,
                      shape=tuple(em.meta(node).shape), perm=channels_last(x.ndim))
 
 
@@ -125,24 +136,29 @@ def layer_norm(em: Emitter, node: fx.Node, m: torch.nn.Module, name: str, x: V) 
     axes = "" if k == 1 else f"reduction_axes={tuple(range(-k, 0))}, feature_axes={tuple(range(-k, 0))}, "
     affine = m.elementwise_affine
     bias = affine and getattr(m, "bias", None) is not None
-    ctor = (f"nn.LayerNorm(epsilon={em.slot(name, 'epsilon', m.eps)}, {axes}use_scale={affine}, use_bias={bias}, "
-            f"name={name!r})")
-    return em.assign(node.name, f"{em.module(node.target, ctor)}({expr})", shape=tuple(em.meta(node).shape), perm=perm)
+    if k > 1 and not em.linen:
+        raise UnsupportedError(f"{name}: LayerNorm over {k} dimensions (nnx.LayerNorm's scale has one feature axis; "
+                               "port with api='linen')")
+    rest = f"epsilon={em.slot(name, 'epsilon', m.eps)}, {axes}use_scale={affine}, use_bias={bias}"
+    call = em.layer(node.target, "nn.LayerNorm", rest, "nnx.LayerNorm",
+                    f"{em.slot(name, 'num_features', m.normalized_shape[0])}, {rest}")
+    return em.assign(node.name, f"{call}({expr})", shape=tuple(em.meta(node).shape), perm=perm)
 
 
 def group_norm(em: Emitter, node: fx.Node, m: torch.nn.Module, name: str, x: V) -> V:
-    ctor = (f"nn.GroupNorm(num_groups={em.slot(name, 'num_groups', m.num_groups)}, "
-            f"epsilon={em.slot(name, 'epsilon', m.eps)}, use_scale={m.affine}, use_bias={m.affine}, name={name!r})")
-    return em.assign(node.name, f"{em.module(node.target, ctor)}({em.channels_last(x)})",
+    rest = (f"num_groups={em.slot(name, 'num_groups', m.num_groups)}, epsilon={em.slot(name, 'epsilon', m.eps)}, "
+            f"use_scale={m.affine}, use_bias={m.affine}")
+    call = em.layer(node.target, "nn.GroupNorm", rest, "nnx.GroupNorm",
+                    f"{em.slot(name, 'num_features', m.num_channels)}, {rest}")
+    return em.assign(node.name, f"{call}({em.channels_last(x)})",
                      shape=tuple(em.meta(node).shape), perm=channels_last(x.ndim))
 
 
 def embedding(em: Emitter, node: fx.Node, m: torch.nn.Module, name: str, ids: V) -> V:
     if m.max_norm is not None:
         raise UnsupportedError(f"{name}: Embedding(max_norm=...) renormalises its weights in forward")
-    ctor = (f"nn.Embed({em.slot(name, 'num_embeddings', m.num_embeddings)}, "
-            f"{em.slot(name, 'features', m.embedding_dim)}, name={name!r})")
-    expr = f"{em.module(node.target, ctor)}({ids.expr})"
+    rest = f"{em.slot(name, 'num_embeddings', m.num_embeddings)}, {em.slot(name, 'features', m.embedding_dim)}"
+    expr = f"{em.layer(node.target, 'nn.Embed', rest, 'nnx.Embed', rest)}({ids.expr})"
     if m.padding_idx is not None:  # torch gives that row no gradient
         expr = f"{em.helper('embed_padding')}({ids.expr}, {expr}, {m.padding_idx})"
     return em.assign(node.name, expr, shape=tuple(em.meta(node).shape), perm=(*ids.perm, ids.ndim))
@@ -154,15 +170,22 @@ def dropout(em: Emitter, node: fx.Node, m: torch.nn.Module, name: str, x: V) -> 
     spatial = isinstance(m, (torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d))
     expr = em.channels_last(x) if spatial else x.expr
     bcast = f"broadcast_dims={tuple(range(1, x.ndim - 1))}, " if spatial else ""
-    ctor = f"nn.Dropout(rate={em.slot(name, 'rate', m.p, dropout=True)}, {bcast}deterministic=not train, name={name!r})"
-    return em.assign(node.name, f"{em.module(node.target, ctor)}({expr})", shape=x.shape,
+    rate = f"rate={em.slot(name, 'rate', m.p, dropout=True)}, {bcast}"
+    call = em.layer(node.target, "nn.Dropout", f"{rate}deterministic=not train", "nnx.Dropout", rate.rstrip(", "))
+    return em.assign(node.name, f"{call}({expr})", shape=x.shape,
                      perm=channels_last(x.ndim) if spatial else x.perm)
 
 
 def stochastic_depth(em: Emitter, node: fx.Node, m: torch.nn.Module, name: str, x: V) -> V:
-    rate = em.slot(name, "p", m.p, dropout=True)
-    expr = f"{em.helper('stochastic_depth')}(self, {x.expr}, {rate}, {m.mode!r}, train)"
-    return _same(em, node, x, expr)
+    return _same(em, node, x, _stochastic_depth(em, node.target, name, x, m.p, m.mode))
+
+
+def _stochastic_depth(em: Emitter, key: str, name: str, x: V, p: float, mode: str) -> str:
+    rate = em.slot(name, "p", p, dropout=True)
+    if em.linen:
+        return f"{em.helper('stochastic_depth')}(self, {x.expr}, {rate}, {mode!r}, train)"
+    em.helper("stochastic_depth")
+    return f"{em.attribute(key, f'StochasticDepth(p={rate}, mode={mode!r}, rngs=rngs)')}({x.expr})"
 
 
 def identity_layer(em: Emitter, node: fx.Node, m: torch.nn.Module, name: str, x: V, *a: Any, **kw: Any) -> V:
@@ -264,12 +287,13 @@ def multihead_attention(em: Emitter, node: fx.Node, m: torch.nn.Module, name: st
     k, v = k if k is not None else kw.get("key"), v if v is not None else kw.get("value")
     need = _py(kw.get("need_weights", const(True)))
     avg = _py(kw.get("average_attn_weights", const(True)))
-    ctor = (f"{em.helper('MultiheadAttention')}({em.slot(name, 'embed_dim', m.embed_dim)}, "
-            f"{em.slot(name, 'num_heads', m.num_heads)}, batch_first={m.batch_first}, "
-            f"bias={m.in_proj_bias is not None}, name={name!r})")
+    rest = (f"{em.slot(name, 'embed_dim', m.embed_dim)}, {em.slot(name, 'num_heads', m.num_heads)}, "
+            f"batch_first={m.batch_first}, bias={m.in_proj_bias is not None}")
+    cls = em.helper("MultiheadAttention")
+    call = em.layer(node.target, cls, rest, cls, rest)
     args = ", ".join(em.torch_order(t) for t in (q, k, v))
     out = em.var(node.name)
-    em.line(f"{out} = {em.module(node.target, ctor)}({args}, need_weights={need}, average_attn_weights={avg})")
+    em.line(f"{out} = {call}({args}, need_weights={need}, average_attn_weights={avg})")
     meta = em.meta(node)
     first = V(f"{out}[0]", tuple(meta[0].shape), identity(meta[0].ndim))
     second = V(f"{out}[1]", tuple(meta[1].shape), identity(meta[1].ndim)) if meta[1] is not None else const(None)
@@ -312,10 +336,13 @@ def _tensor_or_scalar(em: Emitter, v: Any, like: V) -> str:
         return repr(v)
     if not v.tensor:
         return v.expr
+    v = em.place(v, like)
     if v.ndim == like.ndim:
         return em.to(v, like.perm)
     if v.ndim < like.ndim:  # torch broadcasts trailing dimensions: leading ones first, then like's layout
         lead = like.ndim - v.ndim
+        if tuple(like.perm) == identity(lead) + tuple(lead + q for q in v.perm):
+            return v.expr  # stored as it broadcasts
         grown = V(f"jnp.reshape({em.torch_order(v)}, {(1,) * lead + tuple(v.shape)})", (1,) * lead + tuple(v.shape),
                   identity(like.ndim))
         return em.to(grown, like.perm)
@@ -333,7 +360,7 @@ def binary(symbol: str) -> Callable[..., V]:
             ea, eb = a.expr if isinstance(a, V) else repr(a), b.expr if isinstance(b, V) else repr(b)
             py = _OPS[symbol](pa, pb) if pa is not None and pb is not None else None
             return V(f"({ea} {symbol} {eb})", py=py) if py is not None else V(f"({ea} {symbol} {eb})")
-        like = a if ta and (not tb or a.ndim >= b.ndim) else b
+        like = a if ta and (not tb or a.ndim > b.ndim or a.ndim == b.ndim and a.expr not in em.raw) else b
         expr = f"{_tensor_or_scalar(em, a, like)} {symbol} {_tensor_or_scalar(em, b, like)}"
         return em.assign(node.name, expr, shape=tuple(em.meta(node).shape), perm=like.perm,
                          integer=not em.meta(node).is_floating_point())
@@ -385,9 +412,9 @@ def f_dropout(em: Emitter, node: fx.Node, x: V, p: Any = const(0.5), training: A
               **kw: Any) -> V:
     if not _py(kw.get("training", training)):
         return x  # F.dropout(training=False): the eval-mode graph of a module that reads self.training
-    rate = _py(kw.get("p", p))
-    ctor = f"nn.Dropout(rate={em.slot(node.name, 'rate', rate, dropout=True)}, deterministic=not train)"
-    return _same(em, node, x, f"{ctor}({x.expr})")
+    rate = f"rate={em.slot(node.name, 'rate', _py(kw.get('p', p)), dropout=True)}"
+    call = em.layer(node.name, "nn.Dropout", f"{rate}, deterministic=not train", "nnx.Dropout", rate)
+    return _same(em, node, x, f"{call}({x.expr})")
 
 
 def cat(em: Emitter, node: fx.Node, tensors: Any, dim: Any = const(0)) -> V:
@@ -781,8 +808,7 @@ def sdpa(em: Emitter, node: fx.Node, q: V, k: V, v: V, attn_mask: Any = None, dr
 def f_stochastic_depth(em: Emitter, node: fx.Node, x: V, p: Any, mode: Any, training: Any = const(True)) -> V:
     if not _py(training):
         return x
-    rate = em.slot(node.name, "p", _py(p), dropout=True)
-    return _same(em, node, x, f"{em.helper('stochastic_depth')}(self, {x.expr}, {rate}, {_py(mode)!r}, train)")
+    return _same(em, node, x, _stochastic_depth(em, node.name, node.name, x, _py(p), _py(mode)))
 
 
 def f_hard_sigmoid(em: Emitter, node: fx.Node, x: V, *a: Any, **kw: Any) -> V:

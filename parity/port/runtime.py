@@ -7,7 +7,7 @@ so this module imports only jax, flax, numpy and the standard library. Every ima
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -146,6 +146,28 @@ def scaled_dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask:
     return jnp.matmul(jax.nn.softmax(s, axis=-1), v)
 
 
+def packed_attention(query: jax.Array, key: jax.Array, value: jax.Array, w: jax.Array, b: jax.Array,
+                     num_heads: int, batch_first: bool, out_proj: Callable[[jax.Array], jax.Array],
+                     need_weights: bool, average_attn_weights: bool) -> tuple[jax.Array, jax.Array | None]:
+    """torch's multi-head attention with the packed input projection ``w`` (3E, E), ``b`` (3E,) as torch
+    stores them: (output, the weights, averaged over heads or not, when ``need_weights``)."""
+    e, h = w.shape[1], num_heads
+    if not batch_first:  # torch's (L, N, E)
+        query, key, value = (jnp.swapaxes(t, 0, 1) for t in (query, key, value))
+    q, k, v = (t @ w[i * e:(i + 1) * e].T + b[i * e:(i + 1) * e] for i, t in enumerate((query, key, value)))
+
+    def heads(t: jax.Array) -> jax.Array:  # (N, L, E) -> (N, heads, L, E / heads)
+        return jnp.swapaxes(t.reshape(*t.shape[:2], h, e // h), 1, 2)
+
+    s = jnp.matmul(heads(q), jnp.swapaxes(heads(k), -1, -2)) / math.sqrt(e // h)
+    p = jax.nn.softmax(s, axis=-1)
+    out = out_proj(jnp.swapaxes(jnp.matmul(p, heads(v)), 1, 2).reshape(q.shape))
+    if not batch_first:
+        out = jnp.swapaxes(out, 0, 1)
+    weights = (p.mean(axis=1) if average_attn_weights else p) if need_weights else None
+    return out, weights
+
+
 class MultiheadAttention(nn.Module):
     """torch's nn.MultiheadAttention (packed input projection, as torch stores it: ``in_proj_weight``
     (3E, E), ``in_proj_bias``; ``out_proj`` a Dense), returning (output, weights averaged over heads)
@@ -159,24 +181,11 @@ class MultiheadAttention(nn.Module):
     @nn.compact
     def __call__(self, query: jax.Array, key: jax.Array, value: jax.Array, need_weights: bool = True,
                  average_attn_weights: bool = True) -> tuple[jax.Array, jax.Array | None]:
-        e, h = self.embed_dim, self.num_heads
+        e = self.embed_dim
         w = self.param("in_proj_weight", nn.initializers.lecun_normal(), (3 * e, e))
         b = self.param("in_proj_bias", nn.initializers.zeros_init(), (3 * e,)) if self.bias else jnp.zeros(3 * e)
-        if not self.batch_first:  # torch's (L, N, E)
-            query, key, value = (jnp.swapaxes(t, 0, 1) for t in (query, key, value))
-        q, k, v = (t @ w[i * e:(i + 1) * e].T + b[i * e:(i + 1) * e] for i, t in enumerate((query, key, value)))
-
-        def heads(t: jax.Array) -> jax.Array:  # (N, L, E) -> (N, heads, L, E / heads)
-            return jnp.swapaxes(t.reshape(*t.shape[:2], h, e // h), 1, 2)
-
-        s = jnp.matmul(heads(q), jnp.swapaxes(heads(k), -1, -2)) / math.sqrt(e // h)
-        p = jax.nn.softmax(s, axis=-1)
-        out = jnp.swapaxes(jnp.matmul(p, heads(v)), 1, 2).reshape(q.shape)
-        out = nn.Dense(e, use_bias=self.bias, name="out_proj")(out)
-        if not self.batch_first:
-            out = jnp.swapaxes(out, 0, 1)
-        weights = (p.mean(axis=1) if average_attn_weights else p) if need_weights else None
-        return out, weights
+        return packed_attention(query, key, value, w, b, self.num_heads, self.batch_first,
+                                nn.Dense(e, use_bias=self.bias, name="out_proj"), need_weights, average_attn_weights)
 
 
 def stochastic_depth(module: nn.Module, x: jax.Array, p: float, mode: str, train: bool) -> jax.Array:

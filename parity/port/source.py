@@ -36,13 +36,24 @@ HELPERS: dict[str, list[tuple[str, str]]] = {
     "adaptive_avg_pool": [(_JAXNETS, "_adaptive_matrix"), (_JAXNETS, "adaptive_avg_pool")],
     "local_response_norm": [(_JAXNETS, "local_response_norm")],
     "hard_sigmoid": [(_RUNTIME, "hard_sigmoid"), (_RUNTIME, "_hard_sigmoid_jvp")],
+    "MultiheadAttention": [(_RUNTIME, "packed_attention"), (_RUNTIME, "MultiheadAttention")],
     **{n: [(_RUNTIME, n)] for n in ("adaptive_max_pool2d", "interpolate", "mish", "layer_norm", "conv",
-                                    "scaled_dot_product_attention", "MultiheadAttention", "stochastic_depth",
+                                    "scaled_dot_product_attention", "stochastic_depth",
                                     "embed_padding")},
+}
+_RUNTIME_NNX = "parity.port.runtime_nnx"
+# api="nnx": the helper layers as NNX modules, the functions as they are
+HELPERS_NNX: dict[str, list[tuple[str, str]]] = {
+    **HELPERS,
+    "BatchNorm": [(_JAXNETS, "_batch_moments"), (_JAXNETS, "batch_norm_train"), (_JAXNETS, "_batch_norm_train_jvp"),
+                  (_RUNTIME_NNX, "BatchNorm")],
+    "MultiheadAttention": [(_RUNTIME, "packed_attention"), (_RUNTIME_NNX, "MultiheadAttention")],
+    "stochastic_depth": [(_RUNTIME_NNX, "StochasticDepth")],
 }
 # module-level names the copied definitions read
 _CONSTANTS = {"BatchNorm": ["Dtype = Any", "BN_EPS = 1e-5", "BN_MOMENTUM = 0.1"],
               "local_response_norm": ["LRN = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)"]}
+_CONSTANTS_NNX = {"local_response_norm": _CONSTANTS["local_response_norm"]}
 
 
 def _definitions(module: str) -> dict[str, str]:
@@ -64,13 +75,14 @@ def _definitions(module: str) -> dict[str, str]:
     return out
 
 
-def helper_source(names: set[str]) -> str:
+def helper_source(names: set[str], api: str = "linen") -> str:
     """The source of the helpers ``names`` need, each once, in dependency order."""
+    helpers, constants = (HELPERS, _CONSTANTS) if api == "linen" else (HELPERS_NNX, _CONSTANTS_NNX)
     cache: dict[str, dict[str, str]] = {}
     seen, parts, consts = set(), [], []
     for name in sorted(names, key=list(HELPERS).index):
-        consts += [c for c in _CONSTANTS.get(name, []) if c not in consts]
-        for module, definition in HELPERS[name]:
+        consts += [c for c in constants.get(name, []) if c not in consts]
+        for module, definition in helpers[name]:
             if (module, definition) in seen:
                 continue
             seen.add((module, definition))
@@ -88,6 +100,7 @@ class ClassDef:
     fields: dict[str, Any]  # field -> default (the first instance's value)
     lines: list[str]  # the body with fields as self.<field> and the rest as literals
     instances: list[str]
+    init: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # NNX: (attribute, constructor)
 
 
 def _literal(v: Any) -> str:
@@ -117,11 +130,13 @@ def class_base(path: str, module: torch.nn.Module) -> str:
     return re.sub(r"\W", "_", type(module).__name__)
 
 
-RESERVED = {"BatchNorm", "MultiheadAttention", "nn", "jnp", "jax", "np", "math", "functools", "Any"}
+RESERVED = {"BatchNorm", "MultiheadAttention", "StochasticDepth", "nn", "nnx", "jnp", "jax", "np", "math", "functools",
+            "Any"}
+_INIT = "⟨init⟩ "  # marks the NNX constructor lines among a class's lines while classes are grouped
 
 
 def assemble(bodies: dict[str, Body], train_bodies: dict[str, Body],
-             modules: dict[str, torch.nn.Module]) -> tuple[str, list[ClassDef], dict[str, str]]:
+             modules: dict[str, torch.nn.Module], api: str = "linen") -> tuple[str, list[ClassDef], dict[str, str]]:
     """(the classes' source, the classes, instance path -> class name). ``train_bodies``: the instances
     whose train-mode graph differs (a forward that reads ``self.training``)."""
     resolved: dict[str, tuple[str, dict[str, Any]]] = {}  # path -> (class name, field values)
@@ -152,7 +167,7 @@ def assemble(bodies: dict[str, Body], train_bodies: dict[str, Body],
                 continue
             progress = True
             for p in members:
-                texts[p] = _resolve(p, bodies[p], train_bodies.get(p), resolved, slots[p])
+                texts[p] = _resolve(p, bodies[p], train_bodies.get(p), resolved, slots[p], api)
             groups: dict[tuple, list[str]] = {}
             for p in members:
                 groups.setdefault(tuple(texts[p]), []).append(p)
@@ -171,16 +186,20 @@ def assemble(bodies: dict[str, Body], train_bodies: dict[str, Body],
                 fields = {k: slots[group[0]][k] for k in differ}
 
                 def fill(line: str, group: list[str] = group, alias: dict[str, str] = alias) -> str:
+                    init = line.startswith(_INIT)  # NNX's __init__ reads a field as its argument
+
                     def one(match: re.Match) -> str:
                         k = match.group(1)
                         if k in alias:
-                            return f"self.{alias[k]}"
+                            return alias[k] if init else f"self.{alias[k]}"
                         return _literal(slots[group[0]][k])
                     return _SLOT.sub(one, line)
 
                 kind = type(modules[group[0]])
+                filled = [fill(line) for line in key]
+                init = [tuple(x[len(_INIT):].split(" ", 1)) for x in filled if x.startswith(_INIT)]
                 cls = ClassDef(name, base, f"{kind.__module__}.{kind.__qualname__}", fields,
-                               [fill(line) for line in key], group)
+                               [x for x in filled if not x.startswith(_INIT)], group, init)
                 classes.append(cls)
                 for q in group:
                     values = {k: slots[q][k] for k in differ}
@@ -189,12 +208,14 @@ def assemble(bodies: dict[str, Body], train_bodies: dict[str, Body],
                 pending.pop(p)
         if not progress:
             raise PortError([f"{p}: its class contains itself" for p in pending], "cannot order the classes")
-    return "\n\n\n".join(_class_text(c) for c in classes), classes, {p: n for p, (n, _) in resolved.items()}
+    text = "\n\n\n".join(_class_text(c) if api == "linen" else _nnx_class_text(c) for c in classes)
+    return text, classes, {p: n for p, (n, _) in resolved.items()}
 
 
 def _resolve(path: str, body: Body, train: Body | None, resolved: dict[str, tuple[str, dict]],
-             slots: dict[str, Any]) -> list[str]:
-    """The body's lines with each child's class and field values filled in (as slots of this body)."""
+             slots: dict[str, Any], api: str = "linen") -> list[str]:
+    """The body's lines with each child's class and field values filled in (as slots of this body);
+    NNX: the constructor lines first, each as ``_INIT + "attribute constructor"``."""
     def child(line: str) -> str:
         for cp in re.findall(r"⟪C:([^⟫]*)⟫", line):
             name, values = resolved[cp]
@@ -207,11 +228,20 @@ def _resolve(path: str, body: Body, train: Body | None, resolved: dict[str, tupl
             line = line.replace(CLASS.format(cp), name).replace(KWARGS.format(cp), kw)
         return line
 
-    sig = f"def __call__(self, {', '.join([*body.args, 'train: bool = False'])}):"
+    if api == "linen":
+        sig = f"def __call__(self, {', '.join([*body.args, 'train: bool = False'])}):"
+        lines = [child(x) for x in body.lines]
+        if train is None:
+            return [sig, *lines]
+        return [sig, "if train:", *["    " + child(x) for x in train.lines], *lines]
+    init = dict(body.init)
+    for key, ctor in train.init if train is not None else []:
+        init.setdefault(key, ctor)
+    head = [f"{_INIT}{key} {child(ctor)}" for key, ctor in init.items()]
     lines = [child(x) for x in body.lines]
-    if train is None:
-        return [sig, *lines]
-    return [sig, "if train:", *["    " + child(x) for x in train.lines], *lines]
+    if train is not None:
+        lines = ["if train:", *["    " + child(x) for x in train.lines], *lines]
+    return [*head, f"def __call__(self, {', '.join(body.args)}):", *lines]
 
 
 def _class_text(c: ClassDef) -> str:
@@ -224,6 +254,40 @@ def _class_text(c: ClassDef) -> str:
     return "\n".join([*head, "    @nn.compact", f"    {sig}", *["        " + x for x in body]])
 
 
+def _nnx_class_text(c: ClassDef) -> str:
+    """An NNX class: the fields are ``__init__``'s arguments (kept as attributes where ``__call__`` reads
+    them), every layer an attribute; an all-index container (``nn.Sequential``) is an ``nnx.List``, so its
+    layers keep torch's indices. A ``__call__`` that reads the mode gets it from ``deterministic``, the
+    attribute NNX's ``train()`` / ``eval()`` set."""
+    sig, *body = c.lines
+    uses_train = any(re.search(r"\btrain\b", x) for x in body)
+    digits = [k for k, _ in c.init if k.isdigit()]
+    if digits and len(digits) != len(c.init):
+        named = [k for k, _ in c.init if not k.isdigit()]
+        raise PortError([f"{c.name}: both indexed children ({', '.join(digits)}) and named ones "
+                         f"({', '.join(named)}); NNX keeps a module's children one way or the other"],
+                        "cannot write the NNX class")
+    args = [f"{k}: {_type([v])} = {_literal(v)}" for k, v in c.fields.items()]
+    head = [f"class {c.name}({'nnx.List' if digits else 'nnx.Module'}):", f'    """Port of {c.torch_class}."""', "",
+            f"    def __init__(self, {', '.join([*args, '*', 'rngs: nnx.Rngs'])}):"]
+    init = []
+    if digits:
+        ctors = dict(c.init)
+        # torch's indices kept: a stateless layer (an activation, a pool) is written inline, None here
+        items = [f"    {ctors[str(i)]}," if str(i) in ctors else f"    None,  # {i}: written inline in __call__"
+                 for i in range(max(map(int, digits)) + 1)]
+        init += ["super().__init__([", *items, "])"]
+    init += [f"self.{k} = {k}" for k in c.fields if any(f"self.{k}" in x for x in body)]
+    init += [f"self.{k.replace('.', '_')} = {ctor}" for k, ctor in c.init if not k.isdigit()]
+    if uses_train:
+        init.append("self.deterministic = False")
+    if not init:
+        init = ["pass"]
+    call = ["    train = not self.deterministic"] if uses_train else []
+    return "\n".join([*head, *["        " + x for x in init], "", f"    {sig}", *[f"    {x}" for x in call],
+                      *["        " + x for x in body]])
+
+
 class _ZeroDropout(ast.NodeTransformer):
     def visit_Call(self, node: ast.Call) -> ast.Call:  # noqa: N802 - ast's visitor naming
         self.generic_visit(node)
@@ -232,6 +296,8 @@ class _ZeroDropout(ast.NodeTransformer):
             node.keywords = [k for k in node.keywords if k.arg != "rate"] + [ast.keyword("rate", ast.Constant(0.0))]
         elif func == "stochastic_depth" and len(node.args) >= 3:
             node.args[2] = ast.Constant(0.0)
+        elif func == "StochasticDepth":
+            node.keywords = [k for k in node.keywords if k.arg != "p"] + [ast.keyword("p", ast.Constant(0.0))]
         return node
 
 
@@ -241,30 +307,36 @@ def zero_dropout(source: str) -> str:
     return ast.unparse(_ZeroDropout().visit(ast.parse(source)))
 
 
-def module_file(classes_source: str, helpers: set[str], root: str, note: str) -> str:
+def module_file(classes_source: str, helpers: set[str], root: str, note: str, api: str = "linen") -> str:
     """The whole ``model.py``: only the imports it uses."""
-    body = (helper_source(helpers) + "\n\n\n" if helpers else "") + classes_source
-    imports = [line for line, used in (("import functools", "functools."), ("import math", "math."),
-                                       ("from collections.abc import Sequence", "Sequence"),
-                                       ("from typing import Any", "Any")) if re.search(rf"\b{re.escape(used)}", body)]
-    libs = ["import flax.linen as nn", "import jax", "import jax.numpy as jnp"]
+    body = (helper_source(helpers, api) + "\n\n\n" if helpers else "") + classes_source
+    if api == "nnx":  # flax.linen's activation functions are nnx's (jax.nn's) under another prefix
+        body = re.sub(r"(?<![\w.])nn\.(?=[a-z_0-9]+\()", "nnx.", body)
+    imports = [line for line, used in (("import functools", "functools."), ("import math", "math."))
+               if re.search(rf"\b{re.escape(used)}", body)]
+    abc = [n for n in ("Callable", "Sequence") if re.search(rf"\b{n}\b", body)]
+    imports += [f"from collections.abc import {', '.join(abc)}"] if abc else []
+    imports += ["from typing import Any"] if re.search(r"\bAny\b", body) else []
+    libs = (["import flax.linen as nn"] if api == "linen" else []) + ["import jax", "import jax.numpy as jnp"]
     if re.search(r"\bnp\.", body):
         libs.append("import numpy as np")
+    if api == "nnx":
+        libs.append("from flax import nnx")
     return (f'"""{note}"""\n\nfrom __future__ import annotations\n\n' + "\n".join(imports) + ("\n\n" if imports else "")
             + "\n".join(libs) + f"\n\n__all__ = [{root!r}]\n\n\n" + body + "\n")
 
 
 def emit_all(traced: dict[str, Traced], train_traced: dict[str, Traced],
-             ops: OpTable, rules: Callable) -> tuple[dict[str, Body], dict[str, Body], list[str]]:
+             ops: OpTable, rules: Callable, api: str = "linen") -> tuple[dict[str, Body], dict[str, Body], list[str]]:
     """Every traced instance's body, the train-mode bodies where they differ, and every problem."""
     bodies, train_bodies, problems = {}, {}, []
     for path, t in traced.items():
-        em = Emitter(t, traced, path, class_base(path, t.module), ops, rules)
+        em = Emitter(t, traced, path, class_base(path, t.module), ops, rules, api)
         bodies[path] = em.emit()
         problems += em.problems
         tt = train_traced.get(path)
         if tt is not None and tt.graph.python_code("self").src != t.graph.python_code("self").src:
-            et = Emitter(tt, traced, path, class_base(path, t.module), ops, rules)
+            et = Emitter(tt, traced, path, class_base(path, t.module), ops, rules, api)
             train_bodies[path] = et.emit()
             problems += [p for p in et.problems if p not in problems]
     return bodies, train_bodies, problems
