@@ -102,21 +102,27 @@ def _channels_last(ndim: int, dimension_numbers: Any) -> bool:
 
 
 def conv_general_dilated(conv_impl: str):
-    """The convolution nn.Conv calls: conv_taps where XLA:CPU would swap operands into its slow
-    reversed-window loop (10-100x slower than this dot) and for strided 1x1 convs (2x faster
-    gradients), lax's own conv everywhere else."""
+    """The convolution nn.Conv calls: on CPU, conv_taps where XLA:CPU would swap operands into its
+    slow reversed-window loop (10-100x slower than this dot) and for strided 1x1 convs (2x faster
+    gradients); lax's own conv everywhere else and on every other backend, where these are XLA:CPU's
+    problems only (chosen when the program is lowered: ``jax.lax.platform_dependent``)."""
 
     def call(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
              dimension_numbers=None, feature_group_count=1, precision=None, **kw):
+        def lax_conv(lhs, rhs):
+            return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                                dimension_numbers, feature_group_count, precision=precision, **kw)
+
         if conv_impl == "auto" and not kw and _channels_last(lhs.ndim, dimension_numbers) \
                 and not isinstance(padding, str) and _ones(lhs_dilation) and _ones(rhs_dilation):
             out = _out_sizes(lhs.shape[1:-1], padding, rhs.shape[:-2], window_strides)
             if xla_would_swap(rhs.shape[:-2], lhs.shape[1:-1], out) or strided_pointwise(rhs.shape[:-2],
                                                                                           window_strides):
-                return conv_taps(lhs, rhs, window_strides, padding, feature_group_count=feature_group_count,
-                                 precision=precision)
-        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                            dimension_numbers, feature_group_count, precision=precision, **kw)
+                def taps(lhs, rhs):
+                    return conv_taps(lhs, rhs, window_strides, padding, feature_group_count=feature_group_count,
+                                     precision=precision)
+                return jax.lax.platform_dependent(lhs, rhs, cpu=taps, default=lax_conv)
+        return lax_conv(lhs, rhs)
 
     return call
 

@@ -150,3 +150,11 @@ def test_a_failed_framework_keeps_the_others_numbers(tmp_path, monkeypatch, caps
     assert data["refused"] == ["resnet20 (jax failed)"]
     assert any("same work not checked (only torch-eager ran)" in n for n in data["same_work"])
     assert "planted: the JAX worker died" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,bf16", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+                                       ("NVIDIA H100 NVL", 835e12), ("NVIDIA H200", 989e12),
+                                       ("NVIDIA H200 NVL", 835e12), ("NVIDIA A100-SXM4-80GB", 312e12)])
+def test_gpu_peaks_tell_the_boards_apart(name, bf16):
+    assert peaks.gpu_peak("bf16", tf32=True, name=name).flops == bf16
+    assert math.isnan(peaks.gpu_peak("bf16", tf32=True, name="Some GPU").flops)

@@ -319,7 +319,7 @@ def test_nnx_twin_state_round_trips_and_checks_against_torch():
     m = nnx.torch_to_nnx(tm.state_dict(), nnx.twin("resnet20"), "resnet20")
     back = nnx.nnx_to_torch(m, "resnet20")
     assert all(torch.equal(back[k], v) for k, v in tm.state_dict().items())  # bit-exact both ways
-    r = quick(tm, m, torch.randn(2, 3, 32, 32))
+    r = quick(tm, m, torch.randn(2, 3, 32, 32), steps=0)  # trajectories: the same engine, test_check.py
     assert r.passed, r.report()
     assert {"stats", "grads", "sgd_step1"} <= {v.quantity for v in r.verdicts} and r.counters_ok
     grads = next(v for v in r.verdicts if v.quantity == "grads")

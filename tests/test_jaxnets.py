@@ -77,8 +77,8 @@ def _init(model, s, key=0, dtype=jnp.float32):
 
 # The ImageNet bottlenecks and VGG compile shapes of their own op by op (40-50 s each in CI): slow;
 # their gradients are checked against torch in the default tier (test_check.py, test_port.py). LRN's
-# shapes and gradient: test_layers.py.
-SHAPES_SLOW = {"vgg11_bn", "vgg11_lrn", "resnet50", "resnext50_32x4d"}
+# shapes and gradient: test_layers.py; resnet18's blocks are resnet20's, its stem test_xla_conv.py's.
+SHAPES_SLOW = {"vgg11_bn", "vgg11_lrn", "resnet18", "resnet50", "resnext50_32x4d"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SHAPES_SLOW else v

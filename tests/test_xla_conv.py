@@ -269,3 +269,18 @@ def test_conv_impls_give_the_same_model():
     np.testing.assert_allclose(y0, y1, rtol=1e-10, atol=1e-10)
     for a, b in zip(jax.tree_util.tree_leaves(u0), jax.tree_util.tree_leaves(u1), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-10)
+
+
+def test_the_cpu_workarounds_are_cpu_only():
+    """conv_taps replaces XLA:CPU's swapped and strided-1x1 convolutions on CPU only: lowered for
+    CUDA the same call is lax's convolution (the choice is made at lowering)."""
+    f = layers.conv_general_dilated("auto")
+    x, w = jnp.ones((2, 2, 2, 8)), jnp.ones((3, 3, 8, 8))  # a 3x3 kernel on a 2x2 map: XLA:CPU would swap
+    dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+
+    def g(x, w):
+        return f(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
+
+    lowered = {p: jax.jit(g).trace(x, w).lower(lowering_platforms=(p,)).as_text() for p in ("cpu", "cuda")}
+    assert "dot_general" in lowered["cpu"] and "convolution" not in lowered["cpu"]
+    assert "convolution" in lowered["cuda"] and "dot_general" not in lowered["cuda"]

@@ -10,7 +10,12 @@ from dataclasses import dataclass
 
 # Dense peaks (FLOP/s) per device and dtype, from the vendors' datasheets. fp32 on
 # Hopper counts TF32 when the run allows it (JAX's default precision, torch's cuDNN default).
+# Dense figures: the datasheets' "with sparsity" numbers halved. The first key found in the device's
+# name wins, so the PCIe and NVL boards come before the SXM ones they would otherwise match.
 GPU_PEAKS = {
+    "H100 PCIe": {"bf16": 756e12, "fp32": 51e12, "tf32": 378e12},
+    "H100 NVL": {"bf16": 835e12, "fp32": 60e12, "tf32": 418e12},
+    "H200 NVL": {"bf16": 835e12, "fp32": 60e12, "tf32": 418e12},
     "H100": {"bf16": 989e12, "fp32": 67e12, "tf32": 495e12},
     "H200": {"bf16": 989e12, "fp32": 67e12, "tf32": 495e12},
     "A100": {"bf16": 312e12, "fp32": 19.5e12, "tf32": 156e12},
@@ -71,13 +76,39 @@ def cpu_nominal_peak(cpuinfo: str | None = None, cores: int | None = None) -> Pe
                 f"x {ghz:.2f} GHz (/proc/cpuinfo)")
 
 
-def gpu_peak(dtype: str, tf32: bool) -> Peak:
-    """The datasheet's dense peak of GPU 0 for this dtype."""
-    import torch
+def gpu_peak(dtype: str, tf32: bool, name: str | None = None) -> Peak:
+    """The datasheet's dense peak of GPU 0 (or of the device called ``name``) for this dtype."""
+    if name is None:
+        import torch
 
-    name = torch.cuda.get_device_name(0)
+        name = torch.cuda.get_device_name(0)
     for key, peaks in GPU_PEAKS.items():
         if key in name:
             kind = "bf16" if dtype == "bf16" else ("tf32" if tf32 else "fp32")
-            return Peak(peaks[kind], f"{key} {kind} datasheet")
+            return Peak(peaks[kind], f"{key} {kind} datasheet (dense)")
     return Peak(float("nan"), f"unknown GPU {name}: no datasheet peak")
+
+
+def gpu_peak_probe(dtype: str = "bf16", n: int = 8192, repeats: int = 5) -> float:
+    """Measured matmul FLOP/s of GPU 0 (torch, one n^3 product, TF32 allowed for fp32 as the bench
+    runs it): the "achievable" denominator on GPU."""
+    import torch
+
+    dt = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a, b = (torch.randn(n, n, dtype=dt, device="cuda") for _ in range(2))
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        a @ b
+        torch.cuda.synchronize()
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ b
+            torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * n**3 / best
