@@ -1,6 +1,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 import netspecs
@@ -9,9 +10,34 @@ from parity.__main__ import main
 from parity.bench import jobs, peaks, results
 
 
-def measurement(fw, loss, times=(0.1, 0.12, 0.11), model="resnet20", batch=8, size=32, mode="train"):
+def measurement(fw, loss, times=(0.1, 0.12, 0.11), model="resnet20", batch=8, size=32, mode="train", logits=()):
     job = jobs.Job(model, fw, mode, batch, size)
-    return jobs.Measurement(job.__dict__, loss, 1.0, list(times), 2**20)
+    return jobs.Measurement(job.__dict__, loss, 1.0, list(times), 2**20, first_logits=[list(r) for r in logits])
+
+
+def test_same_work_refuses_a_layout_bug_the_loss_hides():
+    """Planted: the second framework's classifier rows are in another order (a wrong weight layout).
+    Its mean cross-entropy on near-uniform logits (a fresh init) is within tolerance, its logits are not."""
+    rng = np.random.default_rng(0)
+    logits = 1e-5 * rng.standard_normal((8, 10))
+    labels = rng.integers(0, 10, 8)
+    swapped = logits[:, ::-1]
+
+    def ce(z):
+        z = z - z.max(1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(8), labels]))
+    assert abs(ce(swapped) - ce(logits)) / ce(logits) < results.loss_tolerance("cpu", "fp32")  # the loss agrees
+    ok, text = results.same_work({"jax": measurement("jax", ce(logits), logits=logits),
+                                  "torch-eager": measurement("torch-eager", ce(swapped), logits=swapped)},
+                                 "cpu", "fp32")
+    assert not ok and "first-step logits, relative L2 distance to jax: torch-eager 1." in text
+    near = logits * (1 + 1e-6)
+    ok, text = results.same_work({"jax": measurement("jax", ce(logits), logits=logits),
+                                  "torch-eager": measurement("torch-eager", ce(near), logits=near)}, "cpu", "fp32")
+    assert ok and "torch-eager 1.0e-06" in text
+    ok, _ = results.same_work({"jax": measurement("jax", 2.0, logits=logits),
+                               "torch-eager": measurement("torch-eager", 2.0, logits=logits[:, :9])}, "cpu", "fp32")
+    assert not ok  # a different number of classes is different work
 
 
 def test_same_work_accepts_agreeing_losses_and_refuses_others():
@@ -125,6 +151,7 @@ def test_bench_torch_compile_runs_and_does_the_same_work(tmp_path, mode):
     rows = {r["framework"]: r for r in data["results"]}
     assert rows["torch-compile"]["vs_torch_compile"] == 1.0 and rows["jax"]["images_per_s"] > 0
     assert data["settings"]["torch-compile"]["compile"] is True
+    assert any("first-step logits, relative L2 distance to jax: torch-compile" in n for n in data["same_work"])
 
 
 def test_bench_rejects_unknown_names(capsys):

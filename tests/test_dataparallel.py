@@ -108,7 +108,10 @@ def test_bench_two_devices_reports_scaling(tmp_path):
     code = main(["bench", "--models", "resnet20", "--batch", "4", "--image-size", "32", "--devices", "2",
                  "--frameworks", "jax,torch-eager", "--steps", "2", "--warmup", "0", "--out", str(tmp_path)])
     assert code == 0  # the same-work check passed on 1 and on 2 devices: both did DDP's work
-    rows = json.loads((tmp_path / "throughput.json").read_text())["results"]
+    data = json.loads((tmp_path / "throughput.json").read_text())
+    rows = data["results"]
+    # the same rows of the first step's logits: rank 0's in torch, the global batch's first in JAX
+    assert any("x2 devices: first-step losses" in n and "logits, relative L2 distance" in n for n in data["same_work"])
     one = {r["framework"]: r for r in rows if r["devices"] == 1}
     two = {r["framework"]: r for r in rows if r["devices"] == 2}
     assert set(two) == set(one) == {"jax", "torch-eager"}

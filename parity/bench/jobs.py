@@ -64,6 +64,7 @@ class Measurement:
     peak_mem_bytes: int
     settings: dict = field(default_factory=dict)
     profile: list[dict] = field(default_factory=list)  # parity.bench.profiling.Op records, when asked
+    first_logits: list[list[float]] = field(default_factory=list)  # the first step's first rows (same work)
 
     @property
     def median(self) -> float:

@@ -39,18 +39,40 @@ def over_peak(row: dict, peak: Peak) -> str | None:
 
 
 def loss_tolerance(device: str, dtype: str) -> float:
-    """How far two frameworks' first-step losses may be apart: the parity table's factor x floor
-    for this device and dtype at default precision (the bench runs at default precision)."""
+    """How far two frameworks' first-step losses (relative gap) and logits (relative L2 distance) may
+    be apart: the parity table's factor x floor for this device and dtype at default precision (the
+    bench runs at default precision)."""
     from parity.check.tolerances import TOLERANCES
 
     tol = TOLERANCES[(device, dtype, "default")]
     return tol.factor * tol.floor
 
 
+def logits_distance(a: list, ref: list) -> float:
+    """Relative L2 distance ||a - ref|| / ||ref|| of two first-step logit blocks; inf when their
+    shapes differ (a different number of classes is different work)."""
+    a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
+    if a.shape != ref.shape:
+        return float("inf")
+    return float(np.linalg.norm(a - ref) / max(float(np.linalg.norm(ref)), 1e-30))
+
+
 def same_work(ms: dict[str, Measurement], device: str, dtype: str) -> tuple[bool, str]:
+    """Whether the frameworks did the same work: their first-step losses and logits (the first rows
+    of the batch, before any update) agree within ``loss_tolerance``. The logits catch what a loss
+    can hide: a wrong layout or class order still gives a near-equal mean cross-entropy."""
     losses = {fw: m.first_loss for fw, m in ms.items()}
     ref = next(iter(losses.values()))
     worst = max(abs(v - ref) / max(abs(ref), 1e-12) for v in losses.values())
     tol = loss_tolerance(device, dtype)
     text = ", ".join(f"{fw} {v:.6f}" for fw, v in losses.items())
-    return worst <= tol, f"first-step losses {text}; max relative gap {worst:.1e} (tolerance {tol:.0e})"
+    text = f"first-step losses {text}; max relative gap {worst:.1e}"
+    ok = worst <= tol
+    have = {fw: m.first_logits for fw, m in ms.items() if m.first_logits}
+    if len(have) == len(ms):  # measurements saved before the logits were recorded have none
+        (ref_fw, ref_logits), *rest = have.items()
+        dist = {fw: logits_distance(v, ref_logits) for fw, v in rest}
+        ok = ok and max(dist.values()) <= tol
+        text += ("; first-step logits, relative L2 distance to " + ref_fw + ": "
+                 + ", ".join(f"{fw} {d:.1e}" for fw, d in dist.items()))
+    return ok, f"{text} (tolerance {tol:.0e})"

@@ -54,14 +54,14 @@ def optimizer(lr: float) -> training.SGD:
 
 
 def jax_programs(model: Any, lr: float) -> tuple[Any, Callable, Callable]:
-    """(optax optimizer, train (state, x, y) -> (state, loss), infer (params, stats, x) -> logits): the
+    """(optax optimizer, train (state, x, y) -> (state, (loss, logits)), infer (params, stats, x) -> logits): the
     engine's steps as the bench jits them, only what it reads returned (XLA drops the rest)."""
     tx = training.optax_optimizer(optimizer(lr))
     step = training.flax_train_step(model, tx)
 
     def train(state, x, y):
         state, out = step(state, x, y)
-        return state, out.loss
+        return state, (out.loss, out.logits)
 
     return tx, train, training.flax_eval_step(model)
 
@@ -87,8 +87,8 @@ def _run_jax(job: Job) -> Measurement:
         state = [meshes.replicate(training.flax_state(variables, tx), mesh)]
 
         def call():
-            state[0], loss, _ = step(state[0], x, y)
-            return loss
+            state[0], loss, logits = step(state[0], x, y)
+            return loss, logits
 
         def hlo():
             return step.lower(state[0], x, y).compile().as_text()
@@ -97,8 +97,8 @@ def _run_jax(job: Job) -> Measurement:
         state = [training.flax_state(variables, tx)]
 
         def call():
-            state[0], loss = train(state[0], x, y)
-            return loss
+            state[0], out = train(state[0], x, y)
+            return out
 
         def hlo():
             return train.lower(state[0], x, y).compile().as_text()
@@ -156,7 +156,7 @@ def _run_torch(job: Job, rank: int | None = None) -> Measurement:
         opt = training.torch_optimizer(optimizer(job.lr), net.parameters())
 
         def step():
-            return training.torch_train_step(net, opt, x, y, job.dtype)[0]
+            return training.torch_train_step(net, opt, x, y, job.dtype)
 
         call = torch.compile(step, mode=job.compile_mode) if compiled else step
     else:
@@ -171,8 +171,8 @@ def _run_torch(job: Job, rank: int | None = None) -> Measurement:
     def sync(out):
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        elif isinstance(out, torch.Tensor):
-            out.detach().reshape(-1)[:1].cpu()
+        else:  # CPU kernels return when done; reading one element is the sync
+            (out[0] if isinstance(out, tuple) else out).detach().reshape(-1)[:1].cpu()
 
     settings = {"torch": torch.__version__, "compile": compiled, "devices": job.devices,
                 **({"data_parallel": "DistributedDataParallel, one process per device, per-replica BatchNorm"}
@@ -201,15 +201,23 @@ def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(labels)), labels]))
 
 
+# rows of the first step's logits kept for the same-work check: the first rows of the global batch,
+# which a data-parallel torch run holds on rank 0
+LOGIT_ROWS = 8
+
+
 def _time(job: Job, call, sync, to_numpy, labels: np.ndarray, settings: dict) -> Measurement:
-    """Time the first call (compilation) alone, then warm up, then time each step."""
+    """Time the first call (compilation) alone, then warm up, then time each step. A train call
+    returns (loss, logits), an inference call logits."""
     t = time.perf_counter()
     out = call()
     sync(out)
     compile_s = time.perf_counter() - t
-    # the first step's loss (train: before its update; infer: of the logits), for the same-work check
-    first = to_numpy(out)
-    loss0 = float(first) if job.mode == "train" else _cross_entropy(first, labels)
+    # the first step's loss and logits (train: before its update), for the same-work check
+    loss, logits = out if job.mode == "train" else (None, out)
+    logits = to_numpy(logits)
+    loss0 = float(to_numpy(loss)) if loss is not None else _cross_entropy(logits, labels)
+    rows = logits[:min(LOGIT_ROWS, job.batch)].astype(np.float64).tolist()
     for _ in range(job.warmup):
         sync(call())
     times = []
@@ -218,7 +226,7 @@ def _time(job: Job, call, sync, to_numpy, labels: np.ndarray, settings: dict) ->
         sync(call())
         times.append(time.perf_counter() - t)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    return Measurement(asdict(job), loss0, compile_s, times, peak, settings)
+    return Measurement(asdict(job), loss0, compile_s, times, peak, settings, first_logits=rows)
 
 
 def worker(job_json: str) -> None:
