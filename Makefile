@@ -30,7 +30,7 @@ demo: install
 	$(PY) -m parity check
 
 test: install
-	$(PY) -m ruff check parity torchnets jaxnets tests scripts examples
+	$(PY) -m ruff check parity torchnets jaxnets tests scripts examples conftest.py
 	$(PY) -m pytest -q -m "not slow and not huge" $(PYTEST_ARGS)
 
 test-slow: install
@@ -56,7 +56,7 @@ test-all: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install
-	$(PY) -m ruff check parity torchnets jaxnets tests scripts examples
+	$(PY) -m ruff check parity torchnets jaxnets tests scripts examples conftest.py
 
 clean:
 	rm -rf $(VENV) $(VISION_VENV) build *.egg-info .pytest_cache

@@ -6,7 +6,7 @@ The public API, imported on first use (``import parity`` imports neither torch n
     parity.check("resnet20", steps=2)            # the built-in twins (a Config works too)
     parity.check_pair(torch_module, flax_module, inputs)
     parity.torch_to_flax(state_dict, "resnet50"); parity.flax_to_torch(variables, "resnet50")
-    parity.load(path); parity.save(path, obj)    # safetensors, .pt/.pth, msgpack
+    parity.load(path); parity.save(path, obj)    # safetensors, .pt/.pth, msgpack, Orbax
     parity.port(torch_module, example_inputs)    # a torch model as Flax source, proven (parity.port.Port)
     parity.Config, parity.Result, parity.CheckpointError, parity.ConversionError, parity.MappingError
 """

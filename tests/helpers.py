@@ -93,3 +93,60 @@ def swap_mean_var(monkeypatch: pytest.MonkeyPatch) -> None:
     for (kind, leaf), rule in list(rules.RULES.items()):
         if leaf in swapped:
             monkeypatch.setitem(rules.RULES, (kind, leaf), rules.Rule("batch_stats", swapped[leaf], rule.layout))
+
+
+def transformer_pair(vocab: int = 50, dim: int = 32, depth: int = 2, heads: int = 4, length: int = 16,
+                     num_classes: int = 5, batch: int = 2, seed: int = 0):
+    """(torch module, Flax module, token ids) of a transformer-shaped pair of any size: token and position
+    embeddings, ``depth`` pre-LayerNorm blocks (self-attention, GELU MLP), a final LayerNorm and a Linear
+    head over tokens; Flax names mirror torch's (``blocks_0.attn.qkv``). Parameters: about
+    vocab x dim + depth x 12 dim^2 + dim x num_classes (81M: ``transformer_pair(16000, 768, 8, 12, 64,
+    16000)``). The engine bench (scripts/engine_bench.py) and the tests build it here."""
+    import flax.linen as fnn
+    import jax.numpy as jnp
+    import torch
+    from torch import nn
+
+    from examples.transformer import FlaxAttention, TorchAttention
+
+    class TorchBlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln1, self.attn, self.ln2 = nn.LayerNorm(dim), TorchAttention(dim, heads), nn.LayerNorm(dim)
+            self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+        def forward(self, x):
+            x = x + self.attn(self.ln1(x))
+            return x + self.mlp(self.ln2(x))
+
+    class TorchNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok, self.pos = nn.Embedding(vocab, dim), nn.Embedding(length, dim)
+            self.blocks = nn.ModuleList(TorchBlock() for _ in range(depth))
+            self.ln, self.head = nn.LayerNorm(dim), nn.Linear(dim, num_classes)
+
+        def forward(self, ids):
+            x = self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
+            for b in self.blocks:
+                x = b(x)
+            return self.head(self.ln(x))
+
+    class FlaxBlock(fnn.Module):
+        @fnn.compact
+        def __call__(self, x):
+            x = x + FlaxAttention(dim, heads, name="attn")(fnn.LayerNorm(epsilon=1e-5, name="ln1")(x))
+            h = fnn.Dense(4 * dim, name="mlp_0")(fnn.LayerNorm(epsilon=1e-5, name="ln2")(x))
+            return x + fnn.Dense(dim, name="mlp_2")(fnn.gelu(h, approximate=False))
+
+    class FlaxNet(fnn.Module):
+        @fnn.compact
+        def __call__(self, ids):
+            x = fnn.Embed(vocab, dim, name="tok")(ids) + fnn.Embed(length, dim, name="pos")(jnp.arange(ids.shape[1]))
+            for i in range(depth):
+                x = FlaxBlock(name=f"blocks_{i}")(x)
+            return fnn.Dense(num_classes, name="head")(fnn.LayerNorm(epsilon=1e-5, name="ln")(x))
+
+    torch.manual_seed(seed)
+    ids = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+    return TorchNet(), FlaxNet(), ids

@@ -60,6 +60,13 @@ def test_every_variant_passes_structure_and_precision(name):
     if name not in VERY_DEEP:
         assert {"adamw_step1", "sgd_losses", "adamw_losses", "sgd_final", "adamw_final"} <= got
     assert len(r.layers) > 3 and r.first_bad_layer is None
+    # what it cost, whole and per phase: every run of the engine, in order
+    names = [p["name"] for p in r.cost["phases"]]
+    assert names == ["torch float64", "flax float64", "torch float64, more one-ulp starts", "torch fp32 x5",
+                     "flax fp32 x5", "judgement"]
+    assert sum(p["seconds"] for p in r.cost["phases"]) <= r.cost["seconds"]
+    assert r.cost["peak_bytes"] == max(p["peak_bytes"] for p in r.cost["phases"]) >= r.cost["base_bytes"] > 0
+    assert r.report().splitlines()[-1].startswith("cost: ")
 
 
 @pytest.mark.parametrize("name", [pytest.param("resnet1202", marks=pytest.mark.huge), "resnet20"])

@@ -25,6 +25,7 @@ import numpy as np
 
 from parity.check import pairs
 from parity.check.config import Config
+from parity.check.cost import Meter
 from parity.check.judgement import Result, judge, structure_ok
 from parity.check.pairs import Batch, Mode, Pair
 from parity.check.runners import Quantities, flax_runner, run_torch
@@ -56,23 +57,27 @@ def run_pair(pair: Pair, cfg: Config, w64: Mapping[str, torch.Tensor], batches: 
         for i in range(1, cfg.samples):
             yield perturbed(w32, i)
 
-    with torch_precision("cpu", "highest"):
+    meter = Meter()
+    with meter.phase("torch float64"), torch_precision("cpu", "highest"):
         t64 = Quantities.collect(run_torch(pair, cfg, w64, batches, "fp64", "cpu"))
         chaos = [reduce(run_torch(pair, cfg, perturbed(w64, 0), batches, "fp64", "cpu"), t64, "struct")]
-    with jax_precision("highest", True):
+    with meter.phase("flax float64"), jax_precision("highest", True):
         struct = reduce(flax_runner(pair, cfg, "fp64", "cpu")(w64, batches), t64, "struct")
     # more float64 runs from one-ulp starts only while a quantity fails the bound they widen (a
     # chaotic trajectory), up to ``chaos_samples`` (docs/parity.md, "Two steps")
-    while cfg.trajectories and len(chaos) < cfg.chaos_samples and not structure_ok(cfg, struct, chaos):
-        with torch_precision("cpu", "highest"):
-            chaos.append(reduce(run_torch(pair, cfg, perturbed(w64, len(chaos)), batches, "fp64", "cpu"), t64,
-                                "struct"))
-    with torch_precision(cfg.device, cfg.precision) as ts:
+    with meter.phase("torch float64, more one-ulp starts"):
+        while cfg.trajectories and len(chaos) < cfg.chaos_samples and not structure_ok(cfg, struct, chaos):
+            with torch_precision("cpu", "highest"):
+                chaos.append(reduce(run_torch(pair, cfg, perturbed(w64, len(chaos)), batches, "fp64", "cpu"), t64,
+                                    "struct"))
+    with meter.phase(f"torch {cfg.dtype} x{cfg.samples}"), torch_precision(cfg.device, cfg.precision) as ts:
         t_runs = [reduce(run_torch(pair, cfg, w, batches, cfg.dtype, cfg.device), t64, "distance") for w in starts()]
-    with jax_precision(cfg.precision, False) as js:
+    with meter.phase(f"flax {cfg.dtype} x{cfg.samples}"), jax_precision(cfg.precision, False) as js:
         run = flax_runner(pair, cfg, cfg.dtype, cfg.device)
         f_runs = [reduce(run(w, batches), t64, "distance") for w in starts()]
-    result = judge(cfg, t64.counters, struct, t_runs, f_runs, chaos)
+    with meter.phase("judgement"):
+        result = judge(cfg, t64.counters, struct, t_runs, f_runs, chaos)
+    result.cost = meter.record()
     result.settings = {**ts, **js, "float64 reference": "cpu", "steps": cfg.steps, "samples": cfg.samples,
                        "chaos runs": len(chaos), "tolerance": dataclasses.asdict(cfg.tolerance),
                        "struct_rtol": STRUCT_RTOL,

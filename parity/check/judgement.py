@@ -116,6 +116,7 @@ class Result:
     counters_ok: bool
 
     findings: list = field(default_factory=list)  # parity.check.doctor's findings, for users' pairs
+    cost: dict = field(default_factory=dict)  # wall time and peak memory, whole and per phase (parity.check.cost)
 
     @property
     def passed(self) -> bool:
@@ -159,6 +160,10 @@ class Result:
         lines += [f"not judged: {n}" for n in self.not_judged()]
         if self.findings:
             lines += ["", "doctor:"] + [f"  {f}" for f in self.findings]
+        if self.cost:
+            from parity.check.cost import describe
+
+            lines += ["", describe(self.cost)]
         return "\n".join(lines)
 
     def __str__(self) -> str:

@@ -123,6 +123,7 @@ def _shared(results: dict[str, Result]) -> tuple[dict, dict[str, dict]]:
 def write_reports(out: Path, args: argparse.Namespace, results: dict[str, Result], env: dict) -> None:
     """report.json and report.md for the models judged so far (rewritten after each one)."""
     from parity import tables
+    from parity.check.cost import describe
     from parity.check.judgement import detail_rows
 
     settings, own = _shared(results)
@@ -131,13 +132,14 @@ def write_reports(out: Path, args: argparse.Namespace, results: dict[str, Result
         "environment": env, "settings": settings,
         "results": {n: {"ok": r.passed, "failures": r.failures(), "not_judged": r.not_judged(), "config": r.config,
                         "settings": own[n], "verdicts": [dataclasses.asdict(v) for v in r.verdicts],
-                        "first_bad_layer": r.first_bad_layer, "layers": r.layers}
+                        "first_bad_layer": r.first_bad_layer, "layers": r.layers, "cost": r.cost}
                     for n, r in results.items()}}, indent=1, default=str))
     md = [f"# Parity report ({args.device}, {args.dtype}, precision {args.precision})", "",
           f"Environment: {env}", "", f"Settings: {settings}", "", tables.markdown_table(rows), ""]
     for n, r in results.items():
         md += [f"## {n}", ""] + ([f"Settings: {own[n]}", ""] if own[n] else [])
         md += [tables.markdown_table(detail_rows(r)), ""] + [f"- not judged: {x}" for x in r.not_judged()]
+        md += ["", describe(r.cost)]
         md += ["", f"![{n} layers]({n}_layers.png)", ""]
     (out / "report.md").write_text("\n".join(md))
 
@@ -156,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from parity import check, tables
+    from parity.check.cost import describe
     from parity.check.judgement import ILL_CONDITIONED, RANK_MIN_SAMPLES, RANK_P
 
     try:
@@ -175,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         plot_layers(name, r, out / f"{name}_layers.png")
         write_reports(out, args, results, env)
         tqdm.write(f"{name}: {r.verdict()}" + ("" if r.passed else " - " + "; ".join(r.failures())), file=sys.stderr)
+        tqdm.write(f"{name}: {describe(r.cost)}", file=sys.stderr)
     settings, own = _shared(results)
     print(f"\nparity: device={args.device} dtype={args.dtype} precision={args.precision} "
           f"batch={args.batch} samples={args.samples}")

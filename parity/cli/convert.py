@@ -10,8 +10,12 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert a checkpoint between torch and Flax, verified on a batch")
-    p.add_argument("input", type=Path, help=".pt/.pth/.safetensors/.msgpack to read")
-    p.add_argument("output", type=Path, help="file to write (format from its extension)")
+    p.add_argument("input", type=Path, help=".pt/.pth/.safetensors/.msgpack file or Orbax checkpoint directory "
+                   "to read")
+    p.add_argument("output", type=Path, help="file to write (format from its extension) or, with --format orbax, "
+                   "the Orbax checkpoint directory")
+    p.add_argument("--format", choices=("safetensors", "torch", "msgpack", "orbax"),
+                   help="the output's format (default: from its extension)")
     p.add_argument("--model", help="variant name (parity list); default: read from the checkpoint")
     p.add_argument("--to", choices=("flax", "torch"), help="target framework (default: the other one)")
     p.add_argument("--num-classes", type=int, help="classifier size; default: read from the checkpoint")
@@ -69,10 +73,21 @@ def run(args: argparse.Namespace) -> int:
         print("error: --port converts by the port's own weight map; --model and --num-classes are for the "
               "built-in variants", file=sys.stderr)
         return 2
+    if not args.format and not args.output.is_dir() and args.output.suffix.lower() not in files.FORMATS:
+        print(f"error: {args.output}: unknown checkpoint extension {args.output.suffix!r}; expected one of "
+              f"{', '.join(files.FORMATS)}, or --format orbax for an Orbax checkpoint directory", file=sys.stderr)
+        return 2
+    if args.format and args.to:
+        fits = {"torch": ("safetensors", "torch"), "flax": ("safetensors", "msgpack", "orbax")}[args.to]
+        if args.format not in fits:
+            print(f"error: --format {args.format} does not hold {args.to}'s weights; for --to {args.to}: "
+                  f"{', '.join(fits)}", file=sys.stderr)
+            return 2
     if args.port:
         return _port(args)
     try:
         obj = files.load(args.input)
+        _left_behind(args.input)
         kind, shapes = twins.checkpoint_shapes(obj)
         target = args.to or ("flax" if kind == "torch" else "torch")
         found = variant(shapes, kind, args)
@@ -95,10 +110,20 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"{model}: {kind} -> {target}; one random batch through both frameworks: "
           f"max |torch - flax| = {diff:.3g} (output scale {scale:.3g})")
-    return _write(args.output, variables if target == "flax" else sd, diff, scale)
+    return _write(args.output, variables if target == "flax" else sd, diff, scale, args.format)
 
 
-def _write(output: Path, converted: dict, diff: float, scale: float) -> int:
+def _left_behind(path: Path) -> None:
+    """Say what of an Orbax training state a conversion does not carry (its step, optimizer state)."""
+    from parity.convert import orbax_dirs
+
+    if path.is_dir():
+        rest = orbax_dirs.others(path)
+        if rest:
+            print(f"{path}: converting its Flax variables (params, batch_stats); not converted: {', '.join(rest)}")
+
+
+def _write(output: Path, converted: dict, diff: float, scale: float, fmt: str | None = None) -> int:
     import numpy as np
 
     from parity.convert import files
@@ -106,8 +131,12 @@ def _write(output: Path, converted: dict, diff: float, scale: float) -> int:
     if not np.isfinite(diff) or diff > 1e-4 * max(scale, 1.0):
         print("error: the converted model does not reproduce the original; nothing written", file=sys.stderr)
         return 1
-    files.save(output, converted)
-    print(f"wrote {output}")
+    try:
+        files.save(output, converted, fmt=fmt)
+    except files.CheckpointError as e:
+        print(f"error: {e}; nothing written", file=sys.stderr)
+        return 1
+    print(f"wrote {output}" + ("/ (Orbax checkpoint)" if (fmt or "") == "orbax" or output.is_dir() else ""))
     return 0
 
 
@@ -119,6 +148,7 @@ def _port(args: argparse.Namespace) -> int:
 
     try:
         obj = files.load(args.input)
+        _left_behind(args.input)
         target, converted = saved.convert(args.port, obj)
         sd, variables = (obj, converted) if target == "flax" else (converted, obj)
         diff, scale = saved.verify(args.port, sd, variables)
@@ -130,4 +160,4 @@ def _port(args: argparse.Namespace) -> int:
         return 2
     print(f"port {args.port}: -> {target}; one random batch through the torch module and model.py: "
           f"max |torch - flax| = {diff:.3g} (output scale {scale:.3g})")
-    return _write(args.output, converted, diff, scale)
+    return _write(args.output, converted, diff, scale, args.format)

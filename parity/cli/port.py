@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api", choices=("linen", "nnx"), default="linen",
                    help="the Flax API of the written source: flax.linen modules, or native flax.nnx ones")
     p.add_argument("--tokens", type=int, help="integer inputs below this (token ids) instead of random floats")
-    p.add_argument("--format", choices=("safetensors", "msgpack"), default="safetensors", help="the weights' file")
+    p.add_argument("--format", choices=("safetensors", "msgpack", "orbax"), default="safetensors",
+                   help="the weights' file (orbax: an Orbax checkpoint directory, variables/)")
     p.add_argument("--samples", type=int, default=5, help="the proof's working-dtype runs per framework")
     p.add_argument("--steps", type=int, default=0, help="the proof's optimizer trajectory length (0: one SGD step)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")

@@ -1,4 +1,5 @@
-"""Checkpoint files: safetensors (default), torch .pt/.pth state_dicts, Flax msgpack.
+"""Checkpoint files: safetensors (default), torch .pt/.pth state_dicts, Flax msgpack, and Orbax
+checkpoint directories of Flax variables (``parity.convert.orbax_dirs``).
 
 Nothing is ever unpickled beyond tensors (``torch.load(weights_only=True)``, no fallback);
 every unreadable file raises :class:`CheckpointError`; every write is atomic, so a failed
@@ -25,6 +26,7 @@ from parity.convert import arrays
 __all__ = ["save", "load", "CheckpointError", "FORMATS", "flatten", "unflatten", "nonfinite_keys", "is_state_dict"]
 
 FORMATS = {".safetensors": "safetensors", ".pt": "torch", ".pth": "torch", ".msgpack": "msgpack"}
+FORMAT_NAMES = ("safetensors", "torch", "msgpack", "orbax")  # orbax: a directory, not an extension
 _KIND_KEY = "parity.kind"  # safetensors metadata: "torch" (state_dict) or "flax" (nested tree)
 _ORDER_KEY = "parity.keys"  # safetensors sorts its table; the original key order is kept here
 
@@ -37,11 +39,18 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or written as asked (never a partial result)."""
 
 
-def _format(path: Path) -> str:
+def _format(path: Path, fmt: str | None = None) -> str:
+    if fmt is not None:
+        if fmt not in FORMAT_NAMES:
+            raise CheckpointError(f"unknown checkpoint format {fmt!r}; expected one of {', '.join(FORMAT_NAMES)}")
+        return fmt
+    if path.is_dir():
+        return "orbax"
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise CheckpointError(f"{path}: unknown checkpoint extension {path.suffix!r}; "
-                              f"expected one of {', '.join(FORMATS)}")
+                              f"expected one of {', '.join(FORMATS)}, or an Orbax checkpoint directory "
+                              "(format 'orbax', --format orbax)")
     return fmt
 
 
@@ -119,18 +128,33 @@ def _serialize(obj: Mapping[str, Any], kind: str, fmt: str) -> bytes:
         unflatten({k: np.asarray(v) for k, v in flatten(obj).items()}))
 
 
-def save(path: str | os.PathLike, obj: Mapping[str, Any]) -> None:
-    """Write a torch state_dict or Flax variables; the format follows the extension."""
+def save(path: str | os.PathLike, obj: Mapping[str, Any], fmt: str | None = None) -> None:
+    """Write a torch state_dict or Flax variables, replacing ``path`` atomically; the format follows
+    the extension unless ``fmt`` (one of ``FORMAT_NAMES``) names it. ``"orbax"`` writes Flax variables
+    as an Orbax checkpoint directory."""
     path = Path(path)
-    data = _serialize(obj, _kind(obj), _format(path))
+    kind, fmt = _kind(obj), _format(path, fmt)
+    if fmt == "orbax":
+        from parity.convert import orbax_dirs
+
+        if kind != "flax":
+            raise CheckpointError("an Orbax checkpoint holds Flax variables; save a torch state_dict as "
+                                  ".safetensors or .pt (or convert it with parity.convert first)")
+        orbax_dirs.save(path, {k: v for k, v in obj.items()}, force=True)
+        return
+    data = _serialize(obj, kind, fmt)
     _atomic_write(path, data)
 
 
 def load(path: str | os.PathLike, allow_nonfinite: bool = False) -> Checkpoint:
-    """Read what :func:`save` wrote (or a torchvision-style file): a state_dict of tensors, or
-    Flax variables as nested dicts of numpy arrays. NaN/Inf weights raise, naming the keys,
-    unless ``allow_nonfinite``."""
+    """Read what :func:`save` wrote (or a torchvision-style file, or an Orbax checkpoint directory
+    from any Orbax code): a state_dict of tensors, or Flax variables as nested dicts of numpy arrays.
+    NaN/Inf weights raise, naming the keys, unless ``allow_nonfinite``."""
     path = Path(path)
+    if path.is_dir() or not path.suffix and not path.exists():
+        from parity.convert import orbax_dirs
+
+        return orbax_dirs.variables(path, allow_nonfinite)
     fmt = _format(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")

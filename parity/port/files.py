@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
     from parity.port import Port
 
-FORMATS = {"safetensors": "variables.safetensors", "msgpack": "variables.msgpack"}
+# format -> the weights' name in the folder (Orbax's is a checkpoint directory)
+FORMATS = {"safetensors": "variables.safetensors", "msgpack": "variables.msgpack", "orbax": "variables"}
 
 TEST = '''"""The port proven again against the torch module it came from (`pytest test_port.py`): parity's
 pytest plugin, the same weight map, dropout rates 0 on both sides (the frameworks cannot draw the
@@ -64,7 +65,7 @@ def save(p: Port, out: Path, force: bool = False, fmt: str = "safetensors") -> P
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         (tmp / "model.py").write_text(p.source)
-        files.save(tmp / FORMATS[fmt], p.variables)
+        files.save(tmp / FORMATS[fmt], p.variables, fmt=fmt)
         (tmp / "weight_map.json").write_text(json.dumps(p.weight_map.to_json(), indent=1))
         spec = p.spec or {}
         meta = {"root": p.root, "input_shapes": [list(s) for s in p.input_shapes], "input_dtypes": p.input_dtypes,

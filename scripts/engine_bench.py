@@ -1,0 +1,106 @@
+"""The parity engine's own cost: wall time and peak resident memory of the default check of some
+twins and of ``check_pair`` on a transformer-shaped pair (tests/helpers.py), each in a fresh process
+(the model alone in it), with every phase's figures (parity.check.cost).
+
+    python scripts/engine_bench.py --models resnet50,vgg11_bn,wide_resnet50_2 --transformer 81M --out DIR
+
+Writes DIR/engine.json and DIR/engine.md (the table docs/results.md quotes). Run it alone on the
+machine: a second job beside it changes both figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# name -> transformer_pair arguments (vocab, dim, depth, heads, length, num_classes)
+TRANSFORMERS = {"81M": (16000, 768, 8, 12, 64, 16000), "13M": (8000, 384, 6, 6, 64, 8000),
+                "tiny": (50, 32, 2, 4, 16, 5)}
+
+
+def one(kind: str, name: str) -> dict:
+    """In the child: one check, its verdict, cost and parameter count."""
+    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+    from parity.check import cost
+
+    base = cost.rss_bytes()
+    t = time.perf_counter()
+    if kind == "twin":
+        import torchnets
+        from parity import check
+
+        params = sum(p.numel() for p in torchnets.build(name).parameters())
+        r = check.check(name)
+    else:
+        import parity
+        from helpers import transformer_pair
+
+        tm, fm, ids = transformer_pair(*TRANSFORMERS[name])
+        params = sum(p.numel() for p in tm.parameters())
+        r = parity.check_pair(tm, fm, ids)
+    return {"kind": kind, "name": name, "params": params, "verdict": r.verdict(), "cost": r.cost,
+            "process_seconds": time.perf_counter() - t, "process_peak_bytes": cost.peak_bytes(),
+            "process_base_bytes": base}
+
+
+def table(rows: list[dict]) -> str:
+    gib = 2.0**30
+    out = ["| check | parameters | verdict | wall | peak RSS | above base, per parameter | slowest phase |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['name']} | - | {r['error']} | - | - | - | - |")
+            continue
+        c = r["cost"]
+        slow = max(c["phases"], key=lambda p: p["seconds"])
+        per = (c["peak_bytes"] - r["process_base_bytes"]) / r["params"]
+        out.append(f"| {r['name']} | {r['params'] / 1e6:.1f}M | {r['verdict']} | {c['seconds'] / 60:.1f} min | "
+                   f"{c['peak_bytes'] / gib:.1f} GiB | {per:.0f} B | {slow['name']} {slow['seconds']:.0f} s |")
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="resnet50,vgg11_bn,wide_resnet50_2",
+                    help="twins, comma-separated ('' for none)")
+    ap.add_argument("--transformer", default="81M", help=f"transformer pairs: {', '.join(TRANSFORMERS)} ('' for none)")
+    ap.add_argument("--out", type=Path, default=Path("engine_bench"))
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds per check")
+    ap.add_argument("--one", nargs=2, metavar=("KIND", "NAME"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(one(*args.one)))
+        return 0
+    jobs = [("twin", m) for m in args.models.split(",") if m] + \
+           [("pair", t) for t in args.transformer.split(",") if t]
+    unknown = [t for k, t in jobs if k == "pair" and t not in TRANSFORMERS]
+    if unknown:
+        print(f"error: unknown transformer size {unknown[0]!r}; known: {', '.join(TRANSFORMERS)}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for kind, name in jobs:
+        try:
+            proc = subprocess.run([sys.executable, __file__, "--one", kind, name], capture_output=True, text=True,
+                                  timeout=args.timeout, cwd=ROOT)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            rows.append(json.loads(lines[-1][7:]) if proc.returncode == 0 and lines else
+                        {"name": name, "error": f"exit {proc.returncode}: {proc.stderr[-300:]!r}"})
+        except subprocess.TimeoutExpired:
+            rows.append({"name": name, "error": f"ran past {args.timeout:.0f} s"})
+        print(f"{name}: " + (rows[-1].get("error") or f"{rows[-1]['verdict']}, "
+                             f"{rows[-1]['cost']['seconds']:.0f} s, {rows[-1]['cost']['peak_bytes'] / 2**30:.2f} GiB"),
+              flush=True)
+        (args.out / "engine.json").write_text(json.dumps(rows, indent=1))
+        (args.out / "engine.md").write_text(table(rows) + "\n")
+    print("\n" + table(rows))
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
