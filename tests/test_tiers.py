@@ -24,3 +24,13 @@ def test_every_slow_or_huge_test_also_runs_a_small_case_in_the_default_tier():
     assert heavy, "no slow or huge test collected"
     missing = sorted(heavy - default)
     assert not missing, f"slow/huge tests without a default-tier case: {missing}"
+
+
+def test_shards_balance_by_measured_seconds():
+    """CI's two lanes (conftest.py --shard): the measured tests longest first to the least loaded
+    shard; the others every N-th."""
+    import conftest
+
+    assert conftest.assign(["a", "b", "c", "d"], 2, {"a": 10, "b": 1, "c": 1, "d": 8}) == [0, 1, 1, 1]
+    assert conftest.assign(["a", "b", "c", "d", "e"], 2, {}) == [0, 1, 0, 1, 0]
+    assert conftest.assign(["a", "new", "b", "new2"], 2, {"a": 5, "b": 1, "c": 3}) == [0, 0, 1, 1]
