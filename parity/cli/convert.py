@@ -73,9 +73,10 @@ def run(args: argparse.Namespace) -> int:
         print("error: --port converts by the port's own weight map; --model and --num-classes are for the "
               "built-in variants", file=sys.stderr)
         return 2
-    if not args.format and not args.output.is_dir() and args.output.suffix.lower() not in files.FORMATS:
-        print(f"error: {args.output}: unknown checkpoint extension {args.output.suffix!r}; expected one of "
-              f"{', '.join(files.FORMATS)}, or --format orbax for an Orbax checkpoint directory", file=sys.stderr)
+    try:  # before any conversion work: an output whose format is unknown
+        files.format_of(args.output, args.format)
+    except files.CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if args.format and args.to:
         fits = {"torch": ("safetensors", "torch"), "flax": ("safetensors", "msgpack", "orbax")}[args.to]
@@ -136,7 +137,7 @@ def _write(output: Path, converted: dict, diff: float, scale: float, fmt: str | 
     except files.CheckpointError as e:
         print(f"error: {e}; nothing written", file=sys.stderr)
         return 1
-    print(f"wrote {output}" + ("/ (Orbax checkpoint)" if (fmt or "") == "orbax" or output.is_dir() else ""))
+    print(f"wrote {output}" + ("/ (Orbax checkpoint)" if output.is_dir() else ""))
     return 0
 
 

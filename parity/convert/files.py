@@ -39,7 +39,9 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or written as asked (never a partial result)."""
 
 
-def _format(path: Path, fmt: str | None = None) -> str:
+def format_of(path: Path, fmt: str | None = None) -> str:
+    """The format a checkpoint at ``path`` is read or written in: ``fmt`` if given, Orbax for a
+    directory, else by extension (``CheckpointError`` naming the known ones)."""
     if fmt is not None:
         if fmt not in FORMAT_NAMES:
             raise CheckpointError(f"unknown checkpoint format {fmt!r}; expected one of {', '.join(FORMAT_NAMES)}")
@@ -133,14 +135,14 @@ def save(path: str | os.PathLike, obj: Mapping[str, Any], fmt: str | None = None
     the extension unless ``fmt`` (one of ``FORMAT_NAMES``) names it. ``"orbax"`` writes Flax variables
     as an Orbax checkpoint directory."""
     path = Path(path)
-    kind, fmt = _kind(obj), _format(path, fmt)
+    kind, fmt = _kind(obj), format_of(path, fmt)
     if fmt == "orbax":
         from parity.convert import orbax_dirs
 
         if kind != "flax":
             raise CheckpointError("an Orbax checkpoint holds Flax variables; save a torch state_dict as "
                                   ".safetensors or .pt (or convert it with parity.convert first)")
-        orbax_dirs.save(path, {k: v for k, v in obj.items()}, force=True)
+        orbax_dirs.save(path, obj, force=True)
         return
     data = _serialize(obj, kind, fmt)
     _atomic_write(path, data)
@@ -155,7 +157,7 @@ def load(path: str | os.PathLike, allow_nonfinite: bool = False) -> Checkpoint:
         from parity.convert import orbax_dirs
 
         return orbax_dirs.variables(path, allow_nonfinite)
-    fmt = _format(path)
+    fmt = format_of(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:

@@ -34,6 +34,14 @@ def _items(step: Path) -> list[Path]:
     return sorted(p for p in step.iterdir() if p.is_dir() and (p / _TREE_METADATA).is_file())
 
 
+def _unfinished(path: Path) -> list[str]:
+    """Orbax's temporary directories of a save to ``path`` beside it (``save``'s replacement, a
+    ``NAME.parity-new-PID``, included)."""
+    name = glob.escape(path.name)
+    return sorted({p.name for pattern in (name + _TMP + "*", name + ".*" + _TMP + "*")
+                   for p in path.parent.glob(pattern)})
+
+
 def item_dir(path: str | os.PathLike) -> Path:
     """The PyTree item directory that ``path`` names: the directory itself (``StandardCheckpointer``),
     or the one item of an ``ocp.CheckpointManager`` step directory (``step/default`` or
@@ -41,8 +49,7 @@ def item_dir(path: str | os.PathLike) -> Path:
     which."""
     path = Path(path)
     if not path.exists():
-        unfinished = sorted(p.name for p in path.parent.glob(glob.escape(path.name) + ".*" + _TMP + "*"))
-        unfinished += sorted(p.name for p in path.parent.glob(glob.escape(path.name) + _TMP + "*"))
+        unfinished = _unfinished(path)
         raise CheckpointError(f"{path}: no such checkpoint directory"
                               + (f" (an unfinished save of it is beside it: {', '.join(unfinished)})"
                                  if unfinished else ""))
@@ -67,7 +74,7 @@ def item_dir(path: str | os.PathLike) -> Path:
     if steps:
         raise CheckpointError(f"{path}: an ocp.CheckpointManager directory with steps "
                               f"{', '.join(p.name for p in steps)}; name one step, e.g. {steps[-1]}")
-    unfinished = sorted(p.name for p in path.parent.glob(glob.escape(path.name) + _TMP + "*"))
+    unfinished = _unfinished(path)
     inside = [p.name for p in _items(path)]
     found = sorted(p.name for p in path.iterdir())[:8]
     raise CheckpointError(f"{path}: not an Orbax checkpoint: no {_TREE_METADATA} file and no checkpoint step "
