@@ -180,21 +180,27 @@ def probe_loss_torch(out: TorchArgs, target: TorchArgs) -> torch.Tensor:
                                                                                                strict=True))
 
 
-def torch_train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: TorchArgs, labels: TorchArgs,
-                     dtype: str = "fp32",
-                     before_update: Callable[[], None] | None = None,
-                     loss: Callable[[Any, Any], torch.Tensor] | None = None) -> tuple[torch.Tensor, TorchArgs]:
-    """One optimizer step on (x, labels): (loss, outputs) of the forward pass before the update.
-    ``x`` may be a tuple of the model's arguments; ``loss(outputs, labels)`` defaults to cross-entropy.
-    ``before_update`` runs between backward and the update: the place to read ``p.grad``, which
-    torch's SGD may change in place (Nesterov without weight decay)."""
+def torch_backward(model: torch.nn.Module, x: TorchArgs, labels: TorchArgs, dtype: str = "fp32",
+                   loss: Callable[[Any, Any], torch.Tensor] | None = None) -> tuple[torch.Tensor, TorchArgs]:
+    """The first half of ``torch_train_step``: forward and backward, (loss, outputs), each parameter's
+    ``.grad`` the gradient of this batch alone (clear them first). Read ``p.grad`` between the halves:
+    torch's SGD may change it in place in the update (Nesterov without weight decay)."""
     with _autocast(model, dtype):
         out = model(*x) if isinstance(x, tuple) else model(x)
     value = (loss or _torch_loss)(out, labels)
-    opt.zero_grad(set_to_none=True)
     value.backward()
-    if before_update is not None:
-        before_update()
+    return value, out
+
+
+def torch_train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: TorchArgs, labels: TorchArgs,
+                     dtype: str = "fp32",
+                     loss: Callable[[Any, Any], torch.Tensor] | None = None) -> tuple[torch.Tensor, TorchArgs]:
+    """One optimizer step on (x, labels): (loss, outputs) of the forward pass before the update.
+    ``x`` may be a tuple of the model's arguments; ``loss(outputs, labels)`` defaults to cross-entropy.
+    The step is ``opt.zero_grad``, ``torch_backward`` and ``opt.step()``; a caller that must read the
+    gradients calls those three itself."""
+    opt.zero_grad(set_to_none=True)
+    value, out = torch_backward(model, x, labels, dtype, loss)
     opt.step()
     return value, out
 
@@ -228,7 +234,7 @@ class FlaxStep(NamedTuple):
 
     loss: jax.Array
     logits: Any  # the model's outputs: an array or a tuple of them
-    grads: Tree
+    grads: Tree | None  # None when not asked for
     input_grad: tuple[jax.Array, ...] | None  # None unless asked for
 
 
@@ -298,13 +304,15 @@ def _train_flag(train: bool) -> dict:
 
 def flax_train_step(model: fnn.Module, tx: optax.GradientTransformation, input_grad: bool = False,
                     loss: Callable[[Any, Any], jax.Array] | None = None,
+                    grads: bool = True,
                     mode: Callable[[bool], dict] = _train_flag,
                     across: Callable[[jax.Array, Tree, Tree], tuple[jax.Array, Tree, Tree]] | None = None
                     ) -> Callable[[FlaxState, FlaxArgs, Any], tuple[FlaxState, FlaxStep]]:
     """``step(state, x, labels) -> (new state, FlaxStep)``, pure: jit it as the caller needs. ``x`` may
     be a tuple of the model's arguments; ``loss(outputs, labels)`` defaults to cross-entropy;
     ``mode(train)`` gives the keyword arguments that put the module in train or eval mode. The input
-    gradient costs a backward-data pass of the first layer, so it is computed only when asked.
+    gradient costs a backward-data pass of the first layer, so it is computed only when asked;
+    ``grads=False`` leaves the parameters' gradients out of ``FlaxStep`` (one copy of the model less).
     ``across(loss, grads, batch_stats)`` combines data-parallel replicas before the update
     (parity.dataparallel)."""
     import jax
@@ -323,7 +331,8 @@ def flax_train_step(model: fnn.Module, tx: optax.GradientTransformation, input_g
         if across is not None:
             value, g, stats = across(value, g, stats)
         updates, opt_state = tx.update(g, state.opt_state, state.params)
-        return FlaxState(optax.apply_updates(state.params, updates), stats, opt_state), FlaxStep(value, out, g, gx)
+        return (FlaxState(optax.apply_updates(state.params, updates), stats, opt_state),
+                FlaxStep(value, out, g if grads else None, gx))
 
     return step
 

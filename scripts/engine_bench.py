@@ -11,6 +11,7 @@ machine: a second job beside it changes both figures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -43,7 +44,10 @@ def one(kind: str, name: str) -> dict:
         tm, fm, ids = transformer_pair(*TRANSFORMERS[name])
         params = sum(p.numel() for p in tm.parameters())
         r = parity.check_pair(tm, fm, ids)
+    # every distance and verdict too: a change to the engine must leave them as they were
     return {"kind": kind, "name": name, "params": params, "verdict": r.verdict(), "cost": r.cost,
+            "verdicts": [dataclasses.asdict(v) for v in r.verdicts], "layers": r.layers,
+            "chaos_runs": r.settings.get("chaos runs"),
             "process_seconds": time.perf_counter() - t, "process_peak_bytes": cost.peak_bytes(),
             "process_base_bytes": base}
 

@@ -1,5 +1,8 @@
 """The parity suite over every variant, and planted porting bugs that it must catch and locate."""
 
+import re
+import tempfile
+
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +16,7 @@ import torchnets
 from helpers import GRADIENT_CHECK, VERY_DEEP, check_suite_tier
 from parity import check
 from parity.__main__ import main
-from parity.check import engine, judgement, runners, statistics, weights
+from parity.check import engine, judgement, reference, runners, statistics, weights
 from parity.check.config import Config
 from parity.check.tolerances import STRUCT_RTOL, Tolerance
 from parity.convert import twins
@@ -52,8 +55,11 @@ def config(name: str, **kw) -> Config:
 
 @pytest.mark.precision
 @pytest.mark.parametrize("name", [tier(n) for n in netspecs.list_models()])
-def test_every_variant_passes_structure_and_precision(name):
+def test_every_variant_passes_structure_and_precision(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the float64 reference's large tensors go
+    monkeypatch.setattr(tempfile, "tempdir", None)
     r = check.check(config(name))
+    assert not list(tmp_path.glob("parity-reference-*"))  # and nothing of it is left
     assert r.passed, r.failures()
     got = {v.quantity for v in r.verdicts}
     assert {"eval", "train", "stats", "grads", "input_grad", "sgd_step1"} <= got
@@ -62,11 +68,22 @@ def test_every_variant_passes_structure_and_precision(name):
     assert len(r.layers) > 3 and r.first_bad_layer is None
     # what it cost, whole and per phase: every run of the engine, in order
     names = [p["name"] for p in r.cost["phases"]]
-    assert names == ["torch float64", "flax float64", "torch float64, more one-ulp starts", "torch fp32 x5",
+    assert names == ["torch float64", "torch float64, one-ulp start", "flax float64",
+                     "torch float64, more one-ulp starts", "torch fp32 x5",
                      "flax fp32 x5", "judgement"]
     assert sum(p["seconds"] for p in r.cost["phases"]) <= r.cost["seconds"]
     assert r.cost["peak_bytes"] == max(p["peak_bytes"] for p in r.cost["phases"]) >= r.cost["base_bytes"] > 0
     assert r.report().splitlines()[-1].startswith("cost: ")
+
+
+def test_twins_build_on_the_meta_device():
+    """The check builds its torch modules on the meta device and loads every tensor after
+    (pairs.twin): right only while no twin has a buffer outside its state_dict."""
+    for name in netspecs.list_models():
+        with torch.device("meta"):
+            m = torchnets.build(name)
+        sd = m.state_dict()
+        assert not [b for b, _ in m.named_buffers() if b not in sd], name
 
 
 @pytest.mark.parametrize("name", [pytest.param("resnet1202", marks=pytest.mark.huge), "resnet20"])
@@ -106,7 +123,7 @@ def test_chaotic_nets_agree_layer_by_layer(name, min_layers, min_tight):
     the same code on the smallest plain net, every layer within 1e-10."""
     pair, cfg, w64, batches = engine.twin_run(config(name, samples=1, steps=0, batch=2))
     with torch_precision("cpu", "highest"):
-        t64 = runners.Quantities.collect(runners.run_torch(pair, cfg, w64, batches, "fp64", "cpu"))
+        t64 = reference.Reference.collect(runners.run_torch(pair, cfg, w64, batches, "fp64", "cpu"))
         spread = statistics.reduce(runners.run_torch(pair, cfg, weights.perturbed(w64, 0), batches, "fp64", "cpu"),
                                    t64, "struct").layers
     with jax_precision("highest", True):
@@ -191,6 +208,22 @@ def test_cli_check_passes_writes_reports_and_runs_very_deep_nets_op_by_op(monkey
     r = quick("resnet20", steps=0)
     assert r.settings["flax execution"].startswith("op by op")
     assert not r.passed and r.first_bad_layer == "bn1"
+
+
+def test_estimate_prints_time_and_memory_before_running(tmp_path, capsys):
+    from parity.check import cost
+
+    code = main(["check", "--models", "resnet20,vgg11_bn", "--estimate", "--report", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert not (tmp_path / "r").exists()  # nothing ran
+    lines = dict(line.split(": ", 1) for line in out.splitlines())
+    peak = {n: float(re.search(r"peak about ([\d.]+) GiB", v).group(1)) for n, v in lines.items()}
+    assert peak["vgg11_bn"] > peak["resnet20"] + 4  # 133M parameters against 0.27M
+    # linear in the parameters, the constant stated; the time grows with the steps and samples
+    one, two = cost.estimate(10**6, 1e9, 50, 10, 5), cost.estimate(2 * 10**6, 1e9, 50, 10, 5)
+    assert two.peak_bytes - one.peak_bytes == pytest.approx(cost.PEAK_BYTES_PER_PARAM * 10**6)
+    assert cost.estimate(10**6, 1e9, 50, 0, 5).seconds < one.seconds < cost.estimate(10**6, 1e9, 50, 10, 9).seconds
 
 
 # stride-1 3x3 'SAME' equals torch's padding; the first stride-2 conv is where it breaks

@@ -16,7 +16,8 @@ def test_engine_bench_reports_time_and_memory_per_phase(tmp_path):
     (row,) = json.loads((tmp_path / "engine.json").read_text())
     assert row["name"] == "tiny" and row["verdict"].startswith("PASS") and row["params"] == 27749
     cost = row["cost"]
-    assert [p["name"] for p in cost["phases"]][:2] == ["torch float64", "flax float64"]
+    assert [p["name"] for p in cost["phases"]][:3] == ["torch float64", "torch float64, one-ulp start",
+                                                        "flax float64"]
     assert cost["peak_bytes"] >= row["process_base_bytes"] > 0 and cost["seconds"] > 0
     assert "| tiny | 0.0M | PASS" in (tmp_path / "engine.md").read_text()
     bad = subprocess.run([sys.executable, "scripts/engine_bench.py", "--models", "", "--transformer", "huge",

@@ -98,3 +98,38 @@ def describe(cost: dict) -> str:
             f"(process base {cost['base_bytes'] / gib:.2f} GiB"
             + ("" if cost.get("per_phase_peak", True) else "; phase peaks are the process's lifetime peak")
             + f"); phases: {parts}")
+
+
+# The estimate's constants, fitted to the default checks of vgg11_bn, wide_resnet50_2 and resnet50 (time)
+# and of those and an 81M transformer pair through check_pair (memory) on this project's 2-core x86
+# machine (docs/results.md, "What the parity engine costs"). Time per training step of one run: per
+# training FLOP and per parameter tensor (torch's optimizers and the comparisons loop over tensors);
+# a term per parameter fitted to zero beside them.
+SECONDS_PER_FLOP = {"fp64": 3.4e-10, "fp32": 1.4e-10}
+SECONDS_PER_TENSOR = {"fp64": 4.4e-3, "fp32": 9.4e-3}
+BASE_BYTES = 1.67 * 2**30  # imports, compiled programs, one batch's activations
+PEAK_BYTES_PER_PARAM = 53.0  # above it, with or without trajectories (docs/parity.md, "What a check holds")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float
+    peak_bytes: float  # resident, the process's base included
+
+    def describe(self) -> str:
+        return (f"estimate: about {self.seconds / 60:.0f} min, peak about {self.peak_bytes / 2.0**30:.1f} GiB "
+                "resident (fitted to three twins of 25-133M parameters on a 2-core x86 machine; rough "
+                "elsewhere: docs/parity.md, 'What a check costs')")
+
+
+def estimate(params: int, step_flops: float, tensors: int, steps: int, samples: int) -> Estimate:
+    """What a check should cost, before it runs: ``params`` parameters in ``tensors`` tensors,
+    ``step_flops`` FLOPs of one training step on one batch, ``steps`` (0: no trajectories),
+    ``samples``. Two torch float64 runs (the reference and one one-ulp start; a chaotic trajectory adds
+    up to 7 more), one Flax float64 run and ``samples`` working-dtype runs on each side, each an eval
+    pass and one step, or ``steps`` steps of both optimizers."""
+    per_run = 2 * steps + 1 if steps else 2
+    runs = {"fp64": 3, "fp32": 2 * samples}
+    seconds = sum(n * per_run * (SECONDS_PER_FLOP[d] * step_flops + SECONDS_PER_TENSOR[d] * tensors)
+                  for d, n in runs.items())
+    return Estimate(seconds, BASE_BYTES + PEAK_BYTES_PER_PARAM * params)

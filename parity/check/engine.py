@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,10 +28,11 @@ from parity.check.config import Config
 from parity.check.cost import Meter
 from parity.check.judgement import Result, judge, structure_ok
 from parity.check.pairs import Batch, Mode, Pair
-from parity.check.runners import Quantities, flax_runner, run_torch
+from parity.check.reference import Reference
+from parity.check.runners import flax_runner, run_torch
 from parity.check.statistics import reduce
 from parity.check.tolerances import STRUCT_RTOL
-from parity.check.weights import initial_weights, make_batches, perturbed
+from parity.check.weights import Start, initial_weights, make_batches
 from parity.convert.rules import KeyMap, WeightMap
 from parity.precision import jax_precision, torch_precision
 
@@ -50,17 +51,22 @@ def run_pair(pair: Pair, cfg: Config, w64: Mapping[str, torch.Tensor], batches: 
     yardstick where rounding is chaotic (docs/parity.md, "Two steps").
     """
 
-    def starts() -> Iterator[OrderedDict]:
-        # made one at a time, for each side (seeded, so the same): not held together
-        w32 = OrderedDict((k, v.float() if v.is_floating_point() else v) for k, v in w64.items())
-        yield w32
-        for i in range(1, cfg.samples):
-            yield perturbed(w32, i)
-
     meter = Meter()
     with meter.phase("torch float64"), torch_precision("cpu", "highest"):
-        t64 = Quantities.collect(run_torch(pair, cfg, w64, batches, "fp64", "cpu"))
-        chaos = [reduce(run_torch(pair, cfg, perturbed(w64, 0), batches, "fp64", "cpu"), t64, "struct")]
+        t64 = Reference.collect(run_torch(pair, cfg, w64, batches, "fp64", "cpu"))
+    with t64:
+        return _judged(pair, cfg, w64, batches, meter, t64)
+
+
+def _judged(pair: Pair, cfg: Config, w64: Mapping[str, torch.Tensor], batches: list[Batch], meter: Meter,
+            t64: Reference) -> Result:
+    """``run_pair`` from torch's float64 answer ``t64`` on: every other run, reduced against it as it
+    streams, and the judgement."""
+
+    # the working-dtype starts: exact weights, then one-ulp moves (seeded: the same on both sides)
+    starts = [Start(w64, None if i == 0 else i, fp32=True) for i in range(cfg.samples)]
+    with meter.phase("torch float64, one-ulp start"), torch_precision("cpu", "highest"):
+        chaos = [reduce(run_torch(pair, cfg, Start(w64, 0), batches, "fp64", "cpu"), t64, "struct")]
     with meter.phase("flax float64"), jax_precision("highest", True):
         struct = reduce(flax_runner(pair, cfg, "fp64", "cpu")(w64, batches), t64, "struct")
     # more float64 runs from one-ulp starts only while a quantity fails the bound they widen (a
@@ -68,13 +74,13 @@ def run_pair(pair: Pair, cfg: Config, w64: Mapping[str, torch.Tensor], batches: 
     with meter.phase("torch float64, more one-ulp starts"):
         while cfg.trajectories and len(chaos) < cfg.chaos_samples and not structure_ok(cfg, struct, chaos):
             with torch_precision("cpu", "highest"):
-                chaos.append(reduce(run_torch(pair, cfg, perturbed(w64, len(chaos)), batches, "fp64", "cpu"), t64,
+                chaos.append(reduce(run_torch(pair, cfg, Start(w64, len(chaos)), batches, "fp64", "cpu"), t64,
                                     "struct"))
     with meter.phase(f"torch {cfg.dtype} x{cfg.samples}"), torch_precision(cfg.device, cfg.precision) as ts:
-        t_runs = [reduce(run_torch(pair, cfg, w, batches, cfg.dtype, cfg.device), t64, "distance") for w in starts()]
+        t_runs = [reduce(run_torch(pair, cfg, w, batches, cfg.dtype, cfg.device), t64, "distance") for w in starts]
     with meter.phase(f"flax {cfg.dtype} x{cfg.samples}"), jax_precision(cfg.precision, False) as js:
         run = flax_runner(pair, cfg, cfg.dtype, cfg.device)
-        f_runs = [reduce(run(w, batches), t64, "distance") for w in starts()]
+        f_runs = [reduce(run(w, batches), t64, "distance") for w in starts]
     with meter.phase("judgement"):
         result = judge(cfg, t64.counters, struct, t_runs, f_runs, chaos)
     result.cost = meter.record()
@@ -162,6 +168,7 @@ def check_pair(torch_module: torch.nn.Module, flax_module: Any, inputs: Inputs, 
                                        images)
     except Exception as e:  # the doctor only advises: a module it cannot read is still checked
         findings = [doctor.Finding("global", "doctor", f"could not inspect the modules: {type(e).__name__}: {e}")]
+    del ref  # a float64 copy of the model: not held through the check
     try:
         pair = pairs.modules(torch_module, flax_module, arrays, key_map=key_map, images=images, mode=mode,
                              weight_map=weight_map, layer_layouts=layer_layouts)

@@ -1,12 +1,15 @@
 """The runs a parity check compares: every quantity of one side of a pair (parity.check.pairs), computed
 through the training engine (parity.training) and streamed as (quantity, value), float64 numpy,
-parameters in torch's layout and names, activations and input gradients in Flax's layout."""
+parameters in torch's layout and names, activations and input gradients in Flax's layout.
+
+Parameter-sized quantities come as ``Tensors``, read from the live run one tensor at a time; a run
+holds its model, its gradients while the backward pass needs them, its optimizer's state, and nothing
+else of that size (docs/parity.md, "What a check holds")."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,6 +17,8 @@ import numpy as np
 from parity import training
 from parity.check.config import Config
 from parity.check.pairs import Batch, Pair
+from parity.check.weights import Start, for_run, weights_of
+from parity.convert import rules
 from parity.convert.rules import normalize
 
 if TYPE_CHECKING:
@@ -23,31 +28,41 @@ if TYPE_CHECKING:
 Stream = Iterator[tuple[str, Any]]  # (quantity, value) in the order a run computes them
 
 
-@dataclass
-class Quantities:
-    """Every quantity of one run, float64 numpy. Trajectory quantities are None for a run without
-    trajectories; counters are empty for pairs that do not count batches."""
+class Tensors(Mapping):
+    """One quantity read one tensor at a time: key -> a fresh float64 array, made at each access from
+    the live run and valid until the stream's next item. Nothing of the whole quantity is copied at
+    once: a VGG's parameters are 1 GB in float64. ``fresh``: the reader may write over each array."""
 
-    eval: dict[str, np.ndarray]  # eval-mode outputs
-    layers: OrderedDict[str, np.ndarray]  # each submodule's eval-mode output, forward order
-    train: dict[str, np.ndarray]  # train-mode outputs of the first batch
-    stats: dict[str, np.ndarray]  # running statistics after that step
-    counters: dict[str, int]  # num_batches_tracked
-    grads: dict[str, np.ndarray]  # gradient of the loss for every parameter
-    input_grad: dict[str, np.ndarray]  # gradient for every float input
-    sgd_step1: dict[str, np.ndarray]  # parameters after one SGD step
-    adamw_step1: dict[str, np.ndarray] | None = None
-    sgd_losses: dict[str, np.ndarray] | None = None  # {"loss": per-step losses}
-    adamw_losses: dict[str, np.ndarray] | None = None
-    sgd_final: dict[str, np.ndarray] | None = None  # parameters and statistics after the trajectory
-    adamw_final: dict[str, np.ndarray] | None = None
+    fresh = True
 
-    @classmethod
-    def collect(cls, stream: Stream) -> Quantities:
-        return cls(**dict(stream))
+    def __init__(self, keys: Iterable[str], fetch: Callable[[str], np.ndarray]):
+        self._keys = list(keys)
+        self._set = set(self._keys)
+        self._fetch = fetch
 
-    def __getitem__(self, q: str) -> Any:
-        return getattr(self, q)
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._set:
+            raise KeyError(key)
+        return self._fetch(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._set
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def release(self) -> None:
+        """Let go of the live run (its reader is done): a finished model must not stay alive through
+        the reader's last reference into the next one's run."""
+        self._keys, self._set, self._fetch = [], set(), None
+
+
+def _once(quantity: str, tensors: Tensors) -> Stream:
+    yield quantity, tensors
+    tensors.release()
 
 
 def _outputs(out: Any) -> list:  # one output or a tuple or list of them
@@ -61,18 +76,24 @@ def output_names(n: int) -> list[str]:
 # --------------------------------------------------------------------------- torch
 
 
-def run_torch(pair: Pair, cfg: Config, weights: Mapping[str, torch.Tensor], batches: list[Batch], dtype: str,
+def run_torch(pair: Pair, cfg: Config, weights: Start | Mapping[str, torch.Tensor], batches: list[Batch], dtype: str,
               device: str) -> Stream:
-    """Every quantity from the torch side (consume it inside ``torch_precision``)."""
+    """Every quantity from the torch side (consume it inside ``torch_precision``), from ``weights``
+    (a state_dict, or a ``Start`` made at each load)."""
     import torch
+
+    weights = for_run(weights)
 
     def np64(t: torch.Tensor) -> np.ndarray:
         # a copy: a float64 CPU tensor would otherwise share memory with the live buffer
-        return t.detach().to("cpu", torch.float64).numpy().copy()
+        return t.detach().to("cpu", torch.float64, copy=True).numpy()
+
+    def tensors(live: Mapping[str, torch.Tensor]) -> Tensors:
+        return Tensors(live, lambda k: np64(live[k]))
 
     def fresh() -> torch.nn.Module:
         m = pair.torch_module(dtype)
-        m.load_state_dict(training.with_versions(weights, m))  # after the cast: loading first would round
+        m.load_state_dict(training.with_versions(weights_of(weights), m))  # after the cast: loading first would round
         return m.to(training.torch_device(device))
 
     def args(batch: Batch, grad: bool = False) -> tuple:
@@ -107,47 +128,51 @@ def run_torch(pair: Pair, cfg: Config, weights: Mapping[str, torch.Tensor], batc
     yield "eval", flax_layout(training.torch_eval_step(model, args(batches[0]), dtype))
     for h in handles:
         h.remove()
-    yield "layers", OrderedDict((k, pair.layer_layout(k, v)) for k, v in acts.items())
+    yield "layers", OrderedDict((k, pair.layer_layout(k, acts.pop(k))) for k in list(acts))
 
-    for opt_name, opt in cfg.optimizers().items():
-        model = fresh().train()
+    for i, (opt_name, opt) in enumerate(cfg.optimizers().items()):
+        # the first optimizer trains the eval model itself (eval mode changed nothing in it): one load less
+        model = (model if i == 0 else fresh()).train()
         params = dict(model.named_parameters())
         optimizer = training.torch_optimizer(opt, params.values())
-        losses, grads = [], {}
+        losses = []
+        probe = training.probe_loss_torch if pair.loss == "probe" else None
         for step, batch in enumerate(batches if cfg.trajectories else batches[:1]):
             first = step == 0 and opt_name == "sgd"
             # the input gradient where every input is float (token ids have none), as on the Flax side
             xs = args(batch, grad=first and all(np.issubdtype(a.dtype, np.floating) for a in batch[0]))
-
-            def read(xs=xs, grads=grads, params=params):
-                grads.update({k: np64(p.grad) for k, p in params.items()})
-                grads.update({f"input:{n}": pair.flax_layout(np64(x.grad))
-                              for n, x in zip(pair.input_names, xs, strict=True) if x.grad is not None})
-
-            loss, out = training.torch_train_step(model, optimizer, xs, target(batch), dtype,
-                                                  before_update=read if first else None,
-                                                  loss=training.probe_loss_torch if pair.loss == "probe" else None)
-            losses.append(loss.item())
-            if first:
+            if first:  # the train step in its two halves, everything read between them (no copy kept)
+                optimizer.zero_grad(set_to_none=True)
+                loss, out = training.torch_backward(model, xs, target(batch), dtype, probe)
                 sd = model.state_dict()
                 yield "train", flax_layout(out)
                 yield "stats", {k: np64(sd[k]) for k in sd if k in pair.stat_keys}
                 yield "counters", {k: int(v) for k, v in sd.items() if "num_batches" in k} if pair.counters else {}
-                yield "input_grad", {k.split(":", 1)[1]: grads.pop(k) for k in list(grads) if k.startswith("input:")}
-                yield "grads", grads
+                yield "input_grad", {n: pair.flax_layout(np64(x.grad))
+                                     for n, x in zip(pair.input_names, xs, strict=True) if x.grad is not None}
+                yield from _once("grads", tensors({k: p.grad for k, p in params.items()}))
+                del sd  # it holds the model's tensors: named, it would keep this model alive into the next one's run
+                optimizer.step()
+            else:
+                loss, out = training.torch_train_step(model, optimizer, xs, target(batch), dtype, probe)
+            losses.append(loss.item())
+            optimizer.zero_grad(set_to_none=True)  # not needed past the step: one copy of the model less
+            del loss, out  # the loss's graph holds the parameters: it would keep this model alive into the next
             if step == 0:
-                yield f"{opt_name}_step1", {k: np64(p) for k, p in params.items()}
+                yield from _once(f"{opt_name}_step1", tensors(params))
         if cfg.trajectories:
-            sd = model.state_dict()
+            del optimizer  # its state is no part of the final state
             yield f"{opt_name}_losses", {"loss": np.array(losses)}
-            yield f"{opt_name}_final", {k: np64(sd[k]) for k in sd if k in pair.param_keys | pair.stat_keys}
+            yield from _once(f"{opt_name}_final", tensors({k: v for k, v in model.state_dict().items()
+                                                           if k in pair.param_keys | pair.stat_keys}))
+        del model, params
 
 
 # --------------------------------------------------------------------------- Flax
 
 
-def flax_runner(pair: Pair, cfg: Config, dtype: str, device: str) -> Callable[[Mapping[str, torch.Tensor], list[Batch]],
-                                                                                Stream]:
+def flax_runner(pair: Pair, cfg: Config, dtype: str, device: str) -> Callable[[Start | Mapping[str, torch.Tensor],
+                                                                                 list[Batch]], Stream]:
     """``run(weights, batches)``: every quantity from the Flax side (consume it inside
     ``jax_precision``). The compiled functions are made once, so further runs (perturbed weights)
     reuse them; very deep nets run op by op (parity.check.config.very_deep)."""
@@ -174,33 +199,58 @@ def flax_runner(pair: Pair, cfg: Config, dtype: str, device: str) -> Callable[[M
         outs = _outputs(out)
         return dict(zip(output_names(len(outs)), map(np64, outs), strict=True))
 
-    jit = jax.jit if cfg.jits else (lambda f: f)
-    evaluate = jit(training.flax_eval_step(model, capture=True, mode=pair.flax_mode))
+    evaluate = training.flax_eval_step(model, capture=True, mode=pair.flax_mode)
+    evaluate = jax.jit(evaluate) if cfg.jits else evaluate
     txs = {k: training.optax_optimizer(opt) for k, opt in cfg.optimizers().items()}
     loss = training.probe_loss_flax if pair.loss == "probe" else None
 
-    def step_fn(opt_name: str, input_grad: bool):
-        return jit(training.flax_train_step(model, txs[opt_name], input_grad=input_grad, loss=loss,
-                                            mode=pair.flax_mode))
+    def step_fn(opt_name: str, input_grad: bool, grads: bool):
+        step = training.flax_train_step(model, txs[opt_name], input_grad=input_grad, loss=loss, grads=grads,
+                                        mode=pair.flax_mode)
+        # the state donated: the step's new state takes the old one's buffers, not a second copy
+        return jax.jit(step, donate_argnums=0) if cfg.jits else step
+
+    def variables_of(weights: Start | Mapping[str, torch.Tensor]) -> dict:
+        # one tensor at a time, each in jax before the next is converted: not the whole tree twice
+        flat = {}
+        for k, v in weights_of(weights).items():
+            if k in pair.weights.by_torch:
+                (fkey, a), = rules.flatten(pair.weights.to_flax({k: v.detach().cpu().numpy() if hasattr(v, "detach")
+                                                                 else np.asarray(v)}, keys=[k])).items()
+                flat[fkey] = jax.device_put(jnp.asarray(a, fdtype) if np.issubdtype(a.dtype, np.floating)
+                                            else jnp.asarray(a), dev)
+                del a
+        return rules.unflatten(flat)
+
+    def tensors(tree: Mapping[str, Any], keys: set[str]) -> Tensors:
+        # torch's layout, one tensor at a time, as pair.to_torch would give it
+        flat = rules.flatten(tree)
+        entries = {e.torch_key: e for e in pair.weights.entries if e.flax_key in flat and e.torch_key in keys}
+
+        def fetch(k: str) -> np.ndarray:
+            e = entries[k]
+            return e.layout.torch_copy(np.asarray(jax.device_get(flat[e.flax_key])), np.float64)
+        return Tensors(entries, fetch)
 
     steps: dict = {}
 
-    def run(weights: Mapping[str, torch.Tensor], batches: list[Batch]) -> Stream:
-        variables = jax.tree_util.tree_map(
-            lambda a: jnp.asarray(a, fdtype) if np.issubdtype(np.asarray(a).dtype, np.floating) else jnp.asarray(a),
-            pair.to_flax(weights))
-        variables = jax.device_put(variables, dev)
+    def run(weights: Start | Mapping[str, torch.Tensor], batches: list[Batch]) -> Stream:
+        weights = for_run(weights)
+        variables = variables_of(weights)
         logits, inter = evaluate(variables["params"], variables.get("batch_stats", {}), args(batches[0]))
         yield "eval", outputs(logits)
         yield "layers", OrderedDict((normalize(".".join(path)), np64(val))
                                     for path, val in _flat_intermediates(inter))
+        del inter
         grad_inputs = all(np.issubdtype(a.dtype, np.floating) for a in batches[0][0])
         for opt_name, tx in txs.items():
-            state = training.flax_state(variables, tx)
+            # each optimizer from its own copy: the first step donates the state's buffers
+            state = training.flax_state(variables if variables is not None else variables_of(weights), tx)
+            variables = None
             losses = []
             for step, batch in enumerate(batches if cfg.trajectories else batches[:1]):
                 first = step == 0 and opt_name == "sgd"
-                key = (opt_name, first and grad_inputs)
+                key = (opt_name, first and grad_inputs, first)
                 if key not in steps:
                     steps[key] = step_fn(*key)
                 state, out = steps[key](state, args(batch), target(batch))
@@ -213,15 +263,16 @@ def flax_runner(pair: Pair, cfg: Config, dtype: str, device: str) -> Callable[[M
                                        if pair.counters else {})
                     yield "input_grad", ({n: np64(g) for n, g in zip(pair.input_names, out.input_grad, strict=True)}
                                          if out.input_grad is not None else {})
-                    yield "grads", {k: v for k, v in pair.to_torch({"params": out.grads}).items()
-                                    if k in pair.param_keys}
+                    yield from _once("grads", tensors({"params": out.grads}, pair.param_keys))
+                del out
                 if step == 0:
-                    yield f"{opt_name}_step1", {k: v for k, v in pair.to_torch({"params": state.params}).items()
-                                                if k in pair.param_keys}
+                    yield from _once(f"{opt_name}_step1", tensors({"params": state.params}, pair.param_keys))
             if cfg.trajectories:
                 yield f"{opt_name}_losses", {"loss": np.array(losses)}
-                full = pair.to_torch({"params": state.params, "batch_stats": state.batch_stats})
-                yield f"{opt_name}_final", {k: v for k, v in full.items() if k in pair.param_keys | pair.stat_keys}
+                final = {"params": state.params, "batch_stats": state.batch_stats}
+                yield from _once(f"{opt_name}_final", tensors(final, pair.param_keys | pair.stat_keys))
+                del final
+            del state
 
     return run
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -86,3 +87,37 @@ def perturbed(w: Mapping[str, Any], seed: int) -> OrderedDict:
     g = torch.Generator().manual_seed(10_000 + seed)
     return OrderedDict((k, v * (1 + torch.finfo(v.dtype).eps * torch.randn(v.shape, generator=g, dtype=v.dtype))
                         if v.is_floating_point() else v) for k, v in w.items())
+
+
+@dataclass(frozen=True)
+class Start:
+    """The weights one run starts from, made each time a module loads them and not held in between:
+    ``base`` (cast to float32 when ``fp32``), moved by one ulp with ``seed`` (``perturbed``) unless
+    ``seed`` is None. A run loads its start three times (eval, SGD, AdamW) and a copy held through it
+    would be one more copy of the model beside its optimizer's state (docs/parity.md, "What a check holds")."""
+
+    base: Mapping[str, Any]
+    seed: int | None = None
+    fp32: bool = False
+
+    @property
+    def held(self) -> bool:
+        """Made once and held through its run: a float32 start is half a float64 copy, below the
+        float64 runs' peak, and making it costs seconds on a VGG."""
+        return self.fp32
+
+    def weights(self) -> Mapping[str, Any]:
+        w = self.base
+        if self.fp32:
+            w = OrderedDict((k, v.float() if v.is_floating_point() else v) for k, v in w.items())
+        return w if self.seed is None else perturbed(w, self.seed)
+
+
+def weights_of(start: Start | Mapping[str, Any]) -> Mapping[str, Any]:
+    """A run's weights: a ``Start``'s, made now, or a state_dict as it is."""
+    return start.weights() if isinstance(start, Start) else start
+
+
+def for_run(start: Start | Mapping[str, Any]) -> Start | Mapping[str, Any]:
+    """What a run keeps of its start: the weights themselves where the start is ``held``."""
+    return start.weights() if isinstance(start, Start) and start.held else start

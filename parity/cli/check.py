@@ -15,6 +15,7 @@ from parity.cli import plots
 
 if TYPE_CHECKING:
     from parity.check import Config, Result
+    from parity.check.cost import Estimate
 
 SUMMARY = ["eval", "train", "stats", "grads", "sgd_final", "adamw_final"]
 
@@ -40,6 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "processes (the multi-process form; one CPU device each on CPU)")
     p.add_argument("--timeout", type=float, default=300, help="seconds any data-parallel collective may wait")
     p.add_argument("--report", type=Path, default=Path("reports/check"), help="folder for JSON/Markdown/PNG")
+    p.add_argument("--estimate", action="store_true", help="print each model's expected wall time and peak "
+                   "memory (from its parameter count, FLOPs and the settings) and stop")
     p.set_defaults(run=run)
 
 
@@ -58,6 +61,21 @@ def config_for(name: str, args: argparse.Namespace) -> Config:
 
     return Config(name, batch=args.batch, size=args.size, steps=steps_for(name, args), device=args.device,
                   dtype=args.dtype, precision=args.precision, samples=args.samples)
+
+
+def estimate_for(cfg: Config) -> Estimate:
+    """The expected cost of ``cfg``'s check, from the twin's parameters and training FLOPs."""
+    import torch
+
+    import netspecs
+    import torchnets
+    from netspecs import counts
+    from parity.check import cost
+
+    with torch.device("meta"):  # counted, not drawn
+        tensors = list(torchnets.build(cfg.name, **cfg.model_overrides).parameters())
+    flops = counts.train_flops(netspecs.get(cfg.name, **cfg.model_overrides), cfg.size) * cfg.batch
+    return cost.estimate(sum(p.numel() for p in tensors), flops, len(tensors), cfg.steps, cfg.samples)
 
 
 def summary_rows(results: dict[str, Result]) -> list[list[str]]:
@@ -166,6 +184,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.estimate:
+        for name, cfg in configs.items():
+            print(f"{name}: {estimate_for(cfg).describe()}")
+        return 0
     out = Path(args.report)
     out.mkdir(parents=True, exist_ok=True)
     env = environment()
@@ -173,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(names, desc="parity", unit="model", file=sys.stderr)
     for name in bar:
         bar.set_postfix_str(name)
+        tqdm.write(f"{name}: {estimate_for(configs[name]).describe()}", file=sys.stderr)
         r = check.check(configs[name])
         results[name] = r
         plot_layers(name, r, out / f"{name}_layers.png")

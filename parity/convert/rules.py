@@ -81,6 +81,23 @@ class Layout:
             return a.transpose(np.argsort(self.axes))
         return a
 
+    def flax_copy(self, a: np.ndarray, dtype: Any = None) -> np.ndarray:
+        """A fresh C-contiguous array in Flax's layout (in ``dtype``), written in one pass over ``a``."""
+        if self.kind == "linear_chw":  # the permuted view, copied once: reshaping it first would copy twice
+            c, h, w = self.chw
+            return np.array(a.reshape(a.shape[0], c, h, w).transpose(2, 3, 1, 0), dtype,
+                            order="C").reshape(h * w * c, a.shape[0])
+        # np.array, not ascontiguousarray: that would make a 0-d counter 1-d
+        return np.array(self.to_flax(a), dtype, order="C")
+
+    def torch_copy(self, a: np.ndarray, dtype: Any = None) -> np.ndarray:
+        """A fresh C-contiguous array in torch's layout (in ``dtype``), written in one pass over ``a``."""
+        if self.kind == "linear_chw":
+            c, h, w = self.chw
+            return np.array(a.reshape(h, w, c, a.shape[1]).transpose(3, 2, 0, 1), dtype,
+                            order="C").reshape(a.shape[1], c * h * w)
+        return np.array(self.to_torch(a), dtype, order="C")
+
     def flax_shape(self, shape: Sequence[int]) -> Shape:
         """The Flax shape of a torch tensor of ``shape`` (no data moved)."""
         return tuple(self.to_flax(np.empty(tuple(shape), np.uint8)).shape)
@@ -252,9 +269,7 @@ class WeightMap:
         """Flax variables (nested dicts of numpy arrays, C-contiguous copies) from torch-layout arrays;
         ``keys``: only those torch keys."""
         chosen = self.entries if keys is None else [self.by_torch[k] for k in keys]
-        # np.array, not ascontiguousarray: that would make a 0-d counter 1-d
-        return unflatten({e.flax_key: np.array(e.layout.to_flax(np.asarray(state_dict[e.torch_key])), order="C")
-                          for e in chosen})
+        return unflatten({e.flax_key: e.layout.flax_copy(np.asarray(state_dict[e.torch_key])) for e in chosen})
 
     def to_json(self) -> dict:
         """The map as data (a port saves it beside its weights; ``from_json`` reads it back)."""
@@ -278,7 +293,7 @@ class WeightMap:
         """torch-layout arrays (torch's key order) for every mapped Flax leaf present in ``variables``
         (e.g. the parameters alone)."""
         flat = flatten(variables)
-        return OrderedDict((e.torch_key, np.array(e.layout.to_torch(np.asarray(flat[e.flax_key])), order="C"))
+        return OrderedDict((e.torch_key, e.layout.torch_copy(np.asarray(flat[e.flax_key])))
                            for e in self.entries if e.flax_key in flat)
 
 

@@ -1,0 +1,121 @@
+"""torch's float64 answer, the yardstick every other run of a check is measured against, held once.
+
+Quantities stream in from the runner one at a time; every tensor of at least ``SPILL_BYTES`` goes to a
+temporary directory the moment it arrives (a VGG's reference is five float64 copies of its 133M
+weights: gradients, both optimizers' first step and final state), and is read back for one comparison
+at a time (docs/parity.md, "What a check holds").
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SPILL_BYTES = 1 << 16  # smaller tensors (biases, statistics, losses) stay in memory
+
+
+class Tensors(Mapping):
+    """One reference quantity: torch key -> float64 array (read from disk at each access when spilled),
+    and ``scale``, max|x| over all its tensors (the structure step divides by it)."""
+
+    def __init__(self) -> None:
+        self._ram: dict[str, np.ndarray] = {}
+        self._disk: dict[str, Path] = {}
+        self._order: list[str] = []
+        self.scale = 0.0
+
+    def add(self, key: str, value: np.ndarray, path: Path | None) -> None:
+        """``value`` under ``key``; written to ``path`` (when given) if it has ``SPILL_BYTES`` or more."""
+        value = np.asarray(value)
+        if value.size:  # max|x| without np.abs's temporary of the whole tensor
+            self.scale = max(self.scale, float(np.maximum(value.max(), -value.min())))
+        if path is not None and value.nbytes >= SPILL_BYTES:
+            np.save(path, value, allow_pickle=False)
+            self._disk[key] = path
+        else:
+            self._ram[key] = value
+        self._order.append(key)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key in self._ram:
+            return self._ram[key]
+        # mapped, not read: no copy through a second buffer, and its pages go when the array does
+        return np.load(self._disk[key], mmap_mode="r", allow_pickle=False)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._ram or key in self._disk
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
+class Reference:
+    """Every quantity of torch's float64 run (``collect``), as ``ref[quantity]`` (a ``Tensors``), with
+    ``layers`` (each submodule's eval-mode output, forward order) and ``counters``
+    (num_batches_tracked). ``close()`` (or leaving its ``with`` block) deletes what went to disk."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self.quantities: dict[str, Tensors] = {}
+        self.counters: dict[str, int] = {}
+        self._files = 0
+
+    @classmethod
+    def collect(cls, stream: Iterable[tuple[str, Mapping[str, Any]]], spill: bool = True) -> Reference:
+        """The run's quantities, each tensor stored as it comes (the runner's values are valid only
+        until its next one). ``spill``: large tensors to a temporary directory (``tempfile``'s, so
+        ``TMPDIR`` chooses the disk)."""
+        ref = cls(Path(tempfile.mkdtemp(prefix="parity-reference-")) if spill else None)
+        try:
+            for q, value in stream:
+                if q == "counters":
+                    ref.counters = dict(value)
+                    continue
+                t = ref.quantities[q] = Tensors()
+                for k in value:
+                    try:
+                        t.add(k, value[k], ref.directory / f"{ref._files}.npy" if ref.directory else None)
+                        ref._files += 1
+                    except OSError as e:
+                        free = shutil.disk_usage(ref.directory).free / 2**30
+                        raise OSError(f"could not store the float64 reference of {q}/{k} under {ref.directory} "
+                                      f"({free:.1f} GiB free): {e}; set TMPDIR to a disk with room "
+                                      f"(docs/parity.md, 'What a check holds')") from e
+        except BaseException:
+            ref.close()
+            raise
+        return ref
+
+    def __getitem__(self, q: str) -> Tensors:
+        return self.quantities[q]
+
+    def __contains__(self, q: object) -> bool:
+        return q in self.quantities
+
+    @property
+    def layers(self) -> Tensors:
+        return self.quantities.get("layers", Tensors())
+
+    def close(self) -> None:
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
+    def __enter__(self) -> Reference:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if self.directory is not None:  # an interpreter shutting down may have dropped the modules
+            shutil.rmtree(self.directory, ignore_errors=True)
+

@@ -1,0 +1,121 @@
+"""What keeps a check small (docs/parity.md, "What a check holds"): the float64 reference store
+(parity.check.reference), the runners' one-tensor-at-a-time quantities, the starts made at each load and
+the train step read between its halves: each gives the numbers the engine gave before."""
+
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+
+import numpy as np
+import pytest
+
+from parity.check import reference, runners, statistics
+
+
+def stream(rng):
+    big = rng.standard_normal((300, 40))  # 96 kB: spilled
+    yield "eval", {"logits": rng.standard_normal((2, 3))}
+    yield "counters", {"bn.num_batches_tracked": 3}
+    yield "grads", {"w": big, "b": -7.0 * np.ones(4)}
+
+
+def test_large_tensors_go_to_disk_and_come_back_as_stored(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # tempfile caches the directory it chose
+    rng = np.random.default_rng(0)
+    expect = dict(stream(np.random.default_rng(0)))
+    with reference.Reference.collect(stream(rng)) as ref:
+        (d,) = glob.glob(str(tmp_path / "parity-reference-*"))
+        assert len(os.listdir(d)) == 1  # "w" alone: the logits and the bias are small
+        assert ref.counters == {"bn.num_batches_tracked": 3}
+        assert list(ref["grads"]) == ["w", "b"] and "w" in ref["grads"] and "x" not in ref["grads"]
+        np.testing.assert_array_equal(ref["grads"]["w"], expect["grads"]["w"])
+        assert ref["grads"].scale == 7.0 and ref["eval"].scale == np.abs(expect["eval"]["logits"]).max()
+        # the judgement's numbers are those of the same quantities held in memory, bit for bit
+        got = {"w": expect["grads"]["w"] + 1e-9, "b": expect["grads"]["b"]}
+        assert statistics.distance(got, ref["grads"]) == statistics.distance(got, expect["grads"])
+        assert statistics.struct_errors(got, ref["grads"]) == statistics.struct_errors(got, expect["grads"])
+    assert not os.path.exists(d)
+
+
+def test_a_failing_run_leaves_nothing_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+
+    def broken():
+        yield from stream(np.random.default_rng(0))
+        raise RuntimeError("the run failed")
+
+    with pytest.raises(RuntimeError, match="the run failed"):
+        reference.Reference.collect(broken())
+    assert not glob.glob(str(tmp_path / "parity-reference-*"))
+
+
+def test_a_full_disk_names_the_tensor_and_the_remedy(monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full)
+    with pytest.raises(OSError, match=r"grads/w .*GiB free.*set TMPDIR"):
+        reference.Reference.collect(stream(np.random.default_rng(0)))
+
+
+def test_runner_quantities_are_made_per_access_and_may_be_written_over():
+    calls = []
+    live = {"a": np.arange(3.0), "b": np.ones(2)}
+
+    def fetch(k):
+        calls.append(k)
+        return live[k].copy()
+
+    t = runners.Tensors(live, fetch)
+    assert "a" in t and "c" not in t and list(t) == ["a", "b"] and calls == []  # membership reads nothing
+    ref = {"a": np.zeros(3), "b": np.ones(2)}
+    assert statistics.distance(t, ref) == statistics.distance(live, ref)
+    assert calls == ["a", "b"]  # each tensor made once
+    assert statistics.struct_errors(t, ref) == statistics.struct_errors(live, ref)
+    np.testing.assert_array_equal(live["a"], np.arange(3.0))  # the live tensors themselves untouched
+    with pytest.raises(KeyError):
+        t["c"]
+
+
+def test_starts_are_made_as_the_engine_made_them_before():
+    """A ``Start`` is made again at each load: the same weights each time, equal to casting then
+    perturbing (what the engine held before)."""
+    import torch
+
+    from parity.check import weights
+
+    w64 = {"a": torch.randn(5, 3, dtype=torch.float64), "n": torch.tensor(7)}
+    s = weights.Start(w64, 3, fp32=True)
+    one, two = s.weights(), s.weights()
+    want = weights.perturbed({k: v.float() if v.is_floating_point() else v for k, v in w64.items()}, 3)
+    assert all(torch.equal(one[k], want[k]) and torch.equal(two[k], want[k]) for k in want)
+    assert one["a"].dtype == torch.float32 and s.held and not weights.Start(w64, 0).held
+    assert weights.weights_of(weights.Start(w64)) is w64 and weights.for_run(weights.Start(w64, 1)) is not w64
+
+
+def test_the_train_step_in_two_halves_is_the_train_step():
+    """The check reads gradients between ``torch_backward`` and the update; a whole
+    ``torch_train_step`` takes the same step, bit for bit."""
+    import copy
+
+    import torch
+
+    from parity import training
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    b = copy.deepcopy(a)
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    sgd = training.SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    oa, ob = training.torch_optimizer(sgd, a.parameters()), training.torch_optimizer(sgd, b.parameters())
+    for _ in range(3):
+        la, _ = training.torch_train_step(a, oa, x, y)
+        ob.zero_grad(set_to_none=True)
+        lb, _ = training.torch_backward(b, x, y)
+        ob.step()
+        assert la.item() == lb.item()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
