@@ -70,7 +70,7 @@ def test_runner_quantities_are_made_per_access_and_may_be_written_over():
         calls.append(k)
         return live[k].copy()
 
-    t = runners.Tensors(live, fetch)
+    t = runners.LiveTensors(live, fetch)
     assert "a" in t and "c" not in t and list(t) == ["a", "b"] and calls == []  # membership reads nothing
     ref = {"a": np.zeros(3), "b": np.ones(2)}
     assert statistics.distance(t, ref) == statistics.distance(live, ref)

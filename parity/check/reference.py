@@ -19,7 +19,7 @@ import numpy as np
 SPILL_BYTES = 1 << 16  # smaller tensors (biases, statistics, losses) stay in memory
 
 
-class Tensors(Mapping):
+class StoredTensors(Mapping):
     """One reference quantity: torch key -> float64 array (read from disk at each access when spilled),
     and ``scale``, max|x| over all its tensors (the structure step divides by it)."""
 
@@ -58,13 +58,13 @@ class Tensors(Mapping):
 
 
 class Reference:
-    """Every quantity of torch's float64 run (``collect``), as ``ref[quantity]`` (a ``Tensors``), with
+    """Every quantity of torch's float64 run (``collect``), as ``ref[quantity]`` (a ``StoredTensors``), with
     ``layers`` (each submodule's eval-mode output, forward order) and ``counters``
     (num_batches_tracked). ``close()`` (or leaving its ``with`` block) deletes what went to disk."""
 
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
-        self.quantities: dict[str, Tensors] = {}
+        self.quantities: dict[str, StoredTensors] = {}
         self.counters: dict[str, int] = {}
         self._files = 0
 
@@ -79,7 +79,7 @@ class Reference:
                 if q == "counters":
                     ref.counters = dict(value)
                     continue
-                t = ref.quantities[q] = Tensors()
+                t = ref.quantities[q] = StoredTensors()
                 for k in value:
                     try:
                         t.add(k, value[k], ref.directory / f"{ref._files}.npy" if ref.directory else None)
@@ -94,15 +94,15 @@ class Reference:
             raise
         return ref
 
-    def __getitem__(self, q: str) -> Tensors:
+    def __getitem__(self, q: str) -> StoredTensors:
         return self.quantities[q]
 
     def __contains__(self, q: object) -> bool:
         return q in self.quantities
 
     @property
-    def layers(self) -> Tensors:
-        return self.quantities.get("layers", Tensors())
+    def layers(self) -> StoredTensors:
+        return self.quantities.get("layers", StoredTensors())
 
     def close(self) -> None:
         if self.directory is not None:

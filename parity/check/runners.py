@@ -2,7 +2,7 @@
 through the training engine (parity.training) and streamed as (quantity, value), float64 numpy,
 parameters in torch's layout and names, activations and input gradients in Flax's layout.
 
-Parameter-sized quantities come as ``Tensors``, read from the live run one tensor at a time; a run
+Parameter-sized quantities come as ``LiveTensors``, read from the live run one tensor at a time; a run
 holds its model, its gradients while the backward pass needs them, its optimizer's state, and nothing
 else of that size (docs/parity.md, "What a check holds")."""
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 Stream = Iterator[tuple[str, Any]]  # (quantity, value) in the order a run computes them
 
 
-class Tensors(Mapping):
+class LiveTensors(Mapping):
     """One quantity read one tensor at a time: key -> a fresh float64 array, made at each access from
     the live run and valid until the stream's next item. Nothing of the whole quantity is copied at
     once: a VGG's parameters are 1 GB in float64. ``fresh``: the reader may write over each array."""
@@ -60,7 +60,7 @@ class Tensors(Mapping):
         self._keys, self._set, self._fetch = [], set(), None
 
 
-def _once(quantity: str, tensors: Tensors) -> Stream:
+def _once(quantity: str, tensors: LiveTensors) -> Stream:
     yield quantity, tensors
     tensors.release()
 
@@ -88,8 +88,8 @@ def run_torch(pair: Pair, cfg: Config, weights: Start | Mapping[str, torch.Tenso
         # a copy: a float64 CPU tensor would otherwise share memory with the live buffer
         return t.detach().to("cpu", torch.float64, copy=True).numpy()
 
-    def tensors(live: Mapping[str, torch.Tensor]) -> Tensors:
-        return Tensors(live, lambda k: np64(live[k]))
+    def tensors(live: Mapping[str, torch.Tensor]) -> LiveTensors:
+        return LiveTensors(live, lambda k: np64(live[k]))
 
     def fresh() -> torch.nn.Module:
         m = pair.torch_module(dtype)
@@ -222,7 +222,7 @@ def flax_runner(pair: Pair, cfg: Config, dtype: str, device: str) -> Callable[[S
                 del a
         return rules.unflatten(flat)
 
-    def tensors(tree: Mapping[str, Any], keys: set[str]) -> Tensors:
+    def tensors(tree: Mapping[str, Any], keys: set[str]) -> LiveTensors:
         # torch's layout, one tensor at a time, as pair.to_torch would give it
         flat = rules.flatten(tree)
         entries = {e.torch_key: e for e in pair.weights.entries if e.flax_key in flat and e.torch_key in keys}
@@ -230,7 +230,7 @@ def flax_runner(pair: Pair, cfg: Config, dtype: str, device: str) -> Callable[[S
         def fetch(k: str) -> np.ndarray:
             e = entries[k]
             return e.layout.torch_copy(np.asarray(jax.device_get(flat[e.flax_key])), np.float64)
-        return Tensors(entries, fetch)
+        return LiveTensors(entries, fetch)
 
     steps: dict = {}
 

@@ -33,7 +33,7 @@ def _rel(a: np.ndarray, ref: np.ndarray, scale: float, scratch: bool = False) ->
 
 
 def _scale(ref: Mapping[str, np.ndarray]) -> float:
-    if isinstance(ref, reference.Tensors):  # a stored reference knows its scale without reading it again
+    if isinstance(ref, reference.StoredTensors):  # a stored reference knows its scale without reading it again
         return ref.scale or 1e-300
     return max((float(np.abs(v).max()) for v in ref.values() if v.size), default=0.0) or 1e-300
 
