@@ -217,6 +217,8 @@ def test_estimate_prints_time_and_memory_before_running(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert not (tmp_path / "r").exists()  # nothing ran
+    assert main(["check", "--models", "vgg11_bn", "--size", "8", "--estimate"]) == 2  # too small for VGG
+    assert "vgg11_bn takes inputs of at least 32x32, got 8" in capsys.readouterr().err
     lines = dict(line.split(": ", 1) for line in out.splitlines())
     peak = {n: float(re.search(r"peak about ([\d.]+) GiB", v).group(1)) for n, v in lines.items()}
     assert peak["vgg11_bn"] > peak["resnet20"] + 4  # 133M parameters against 0.27M

@@ -52,6 +52,9 @@ class Config:
             spec = netspecs.get(self.name, **self.model_overrides)
             if self.size is None:
                 self.size = max(32, spec.min_size)
+            elif isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < spec.min_size:
+                raise ValueError(f"size: {self.name} takes inputs of at least {spec.min_size}x{spec.min_size}, "
+                                 f"got {self.size!r}")
         for what, value in (("batch", self.batch), ("samples", self.samples)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{what}: expected a positive int, got {value!r}")

@@ -93,8 +93,9 @@ def perturbed(w: Mapping[str, Any], seed: int) -> OrderedDict:
 class Start:
     """The weights one run starts from, made each time a module loads them and not held in between:
     ``base`` (cast to float32 when ``fp32``), moved by one ulp with ``seed`` (``perturbed``) unless
-    ``seed`` is None. A run loads its start three times (eval, SGD, AdamW) and a copy held through it
-    would be one more copy of the model beside its optimizer's state (docs/parity.md, "What a check holds")."""
+    ``seed`` is None. A run loads its start twice (eval and SGD, then AdamW) and a float64 copy held
+    through it would be one more copy of the model beside its optimizer's state (docs/parity.md,
+    "What a check holds")."""
 
     base: Mapping[str, Any]
     seed: int | None = None
