@@ -8,6 +8,7 @@ The public API, imported on first use (``import parity`` imports neither torch n
     parity.torch_to_flax(state_dict, "resnet50"); parity.flax_to_torch(variables, "resnet50")
     parity.load(path); parity.save(path, obj)    # safetensors, .pt/.pth, msgpack, Orbax
     parity.port(torch_module, example_inputs)    # a torch model as Flax source, proven (parity.port.Port)
+    parity.bench_pair("mynet:TorchNet", "mynet:FlaxNet", (16, 3, 64, 64))  # throughput rows, same work checked
     parity.Config, parity.Result, parity.CheckpointError, parity.ConversionError, parity.MappingError
 """
 
@@ -32,6 +33,7 @@ _API: dict[str, tuple[str, str | None]] = {
     "save": ("parity.convert.files", "save"),
     "CheckpointError": ("parity.convert.files", "CheckpointError"),
     "port": ("parity.port", None),  # a package that is also callable: parity.port(...) runs its port()
+    "bench_pair": ("parity.bench.runs", "bench_pair"),
     "PortError": ("parity.port.trace", "PortError"),
     # module names kept from 0.1 (``from parity import specs, io``)
     "specs": ("netspecs", None),
@@ -40,6 +42,7 @@ _API: dict[str, tuple[str, str | None]] = {
 __all__ = sorted(_API)
 
 if TYPE_CHECKING:
+    from parity.bench.runs import bench_pair as bench_pair
     from parity.check.config import Config as Config
     from parity.check.engine import check as check
     from parity.check.engine import check_pair as check_pair

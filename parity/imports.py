@@ -39,3 +39,24 @@ def build(spec: str, kwargs: dict | None = None) -> Any:
         return factory(**(kwargs or {}))
     except TypeError as e:
         raise SpecError(f"{spec}(**{kwargs or {}}) failed: {e}") from e
+
+
+def torch_module(spec: str, kwargs: dict | None = None, weights: str | None = None) -> Any:
+    """``build(spec, kwargs)``, checked to be a ``torch.nn.Module``, with the state_dict file ``weights``
+    loaded strictly (every missing, unexpected and mis-shaped key named in one ``ValueError``)."""
+    import torch
+
+    from parity.convert import files
+
+    model = build(spec, kwargs)
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"{spec} built a {type(model).__name__}, not a torch.nn.Module")
+    if weights:
+        state = files.load(weights)
+        if not files.is_state_dict(state):
+            raise files.CheckpointError(f"{weights}: expected a torch state_dict, got Flax variables")
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:  # torch lists every missing, unexpected and mis-shaped key
+            raise ValueError(f"{weights} does not fit {spec}: {e}") from e
+    return model

@@ -9,6 +9,7 @@ and optimizer in place.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -213,6 +214,17 @@ def torch_eval_step(model: torch.nn.Module, x: TorchArgs, dtype: str = "fp32") -
         return model(*x) if isinstance(x, tuple) else model(x)
 
 
+def mse_loss_torch(out: TorchArgs, target: TorchArgs) -> torch.Tensor:
+    """Mean squared error against ``target`` (one tensor per output), summed over the outputs, at least
+    in float32: the bench's loss for outputs that are not (batch, classes) logits."""
+    import torch
+
+    outs = out if isinstance(out, (tuple, list)) else [out]
+    targets = target if isinstance(target, (tuple, list)) else [target]
+    return sum(((o.to(torch.promote_types(o.dtype, torch.float32)) - t) ** 2).mean()
+               for o, t in zip(outs, targets, strict=True))
+
+
 def set_torch_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for g in opt.param_groups:
         g["lr"] = lr
@@ -296,6 +308,55 @@ def probe_loss_flax(out: FlaxArgs, target: FlaxArgs) -> jax.Array:
     targets = target if isinstance(target, (tuple, list)) else [target] * len(outs)
     return sum((o.astype(jnp.promote_types(o.dtype, jnp.float32)) * t).sum() for o, t in zip(outs, targets,
                                                                                                 strict=True))
+
+
+def mse_loss_flax(out: FlaxArgs, target: FlaxArgs) -> jax.Array:
+    """``mse_loss_torch`` for Flax outputs."""
+    import jax.numpy as jnp
+
+    outs = out if isinstance(out, (tuple, list)) else [out]
+    targets = target if isinstance(target, (tuple, list)) else [target]
+    return sum(((o.astype(jnp.promote_types(o.dtype, jnp.float32)) - t) ** 2).mean()
+               for o, t in zip(outs, targets, strict=True))
+
+
+def compiler_options(device: str | None = None) -> dict[str, str]:
+    """The bench's XLA:CPU kernel choice as options of one compile (``parity.xla_cpu.TUNED_OPTIONS``):
+    on CPU (``device``, default jax's default backend), unless XLA_FLAGS already sets it (the user's
+    flags win) or this jaxlib rejects it."""
+    import os
+
+    import jax
+
+    from parity import xla_cpu
+
+    if (device or jax.default_backend()) != "cpu" or any(k in os.environ.get("XLA_FLAGS", "")
+                                                         for k in xla_cpu.TUNED_OPTIONS):
+        return {}
+    return dict(xla_cpu.TUNED_OPTIONS) if _options_accepted() else {}
+
+
+@functools.cache
+def _options_accepted() -> bool:
+    import jax
+    import jax.numpy as jnp
+
+    from parity import xla_cpu
+
+    try:  # XLA refuses an option it does not know when compiling: a one-element program finds out
+        jax.jit(lambda x: x + 1).lower(jnp.zeros(1)).compile(compiler_options=dict(xla_cpu.TUNED_OPTIONS))
+    except Exception:
+        return False
+    return True
+
+
+def jit(fn: Callable, device: str | None = None, **jit_kwargs: Any) -> Callable:
+    """``jax.jit(fn, **jit_kwargs)`` compiled with ``compiler_options(device)``: a train or eval step of
+    this module gets the bench's convolution kernels on CPU without XLA_FLAGS (docs/benchmark.md, "Your
+    own models")."""
+    import jax
+
+    return jax.jit(fn, compiler_options=compiler_options(device) or None, **jit_kwargs)
 
 
 def _train_flag(train: bool) -> dict:

@@ -5,7 +5,8 @@ twins and of ``check_pair`` on a transformer-shaped pair (tests/helpers.py), eac
     python scripts/engine_bench.py --models resnet50,vgg11_bn,wide_resnet50_2 --transformer 81M --out DIR
 
 Writes DIR/engine.json and DIR/engine.md (the table docs/results.md quotes). Run it alone on the
-machine: a second job beside it changes both figures.
+machine: a second job beside it changes both figures. ``--fit DIR/engine.json`` prints the estimate's
+constants (parity.check.cost) refitted to those rows.
 """
 
 from __future__ import annotations
@@ -68,6 +69,54 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def fit(rows: list[dict]) -> str:
+    """parity.check.cost's constants refitted to a bench's rows (least squares): time per training
+    FLOP and per parameter tensor for each dtype's runs, from the twins' phase times; base and bytes
+    per parameter of the peak, from every row."""
+    import numpy as np
+    import torch
+
+    import netspecs
+    import torchnets
+    from netspecs import counts
+    from parity.check import Config
+
+    ok = [r for r in rows if "error" not in r]
+    design: dict[str, list] = {"fp64": [], "fp32": []}
+    times: dict[str, list] = {"fp64": [], "fp32": []}
+    for r in (r for r in ok if r["kind"] == "twin"):
+        cfg = Config(r["name"])
+        with torch.device("meta"):
+            tensors = len(list(torchnets.build(cfg.name, **cfg.model_overrides).parameters()))
+        flops = counts.train_flops(netspecs.get(cfg.name, **cfg.model_overrides), cfg.size) * cfg.batch
+        per_run = 2 * cfg.steps + 1 if cfg.steps else 2
+        phases = {p["name"]: p["seconds"] for p in r["cost"]["phases"]}
+        runs = {"fp64": 2 + r["chaos_runs"], "fp32": 2 * cfg.samples}
+        for d in runs:
+            design[d].append([runs[d] * per_run * flops, runs[d] * per_run * tensors])
+            times[d].append(sum(v for k, v in phases.items() if ("float64" in k) == (d == "fp64")
+                                and k != "judgement"))
+    lines = []
+    for d in design:
+        if design[d]:
+            x, y = np.array(design[d]), np.array(times[d])
+            (a, b), *_ = np.linalg.lstsq(x, y, rcond=None)
+            if b < 0:  # no time is negative: the FLOP term alone
+                (a,), *_ = np.linalg.lstsq(x[:, :1], y, rcond=None)
+                b = 0.0
+            elif a < 0:
+                (b,), *_ = np.linalg.lstsq(x[:, 1:], y, rcond=None)
+                a = 0.0
+            worst = max(abs(a * f + b * t - v) / v for (f, t), v in zip(x, y, strict=True))
+            lines.append(f"{d}: {a:.2g} s per FLOP, {b:.2g} s per tensor (per step of one run; worst row "
+                         f"off by {100 * worst:.0f}%)")
+    p = np.array([[1.0, r["params"]] for r in ok])
+    (base, per), *_ = np.linalg.lstsq(p, np.array([r["cost"]["peak_bytes"] for r in ok], float), rcond=None)
+    worst = max(abs(base + per * r["params"] - r["cost"]["peak_bytes"]) for r in ok)
+    lines.append(f"peak: {base / 2**30:.2f} GiB + {per:.0f} B per parameter (worst row off by {worst / 2**30:.2f} GiB)")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="resnet50,vgg11_bn,wide_resnet50_2",
@@ -76,7 +125,13 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("engine_bench"))
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per check")
     ap.add_argument("--one", nargs=2, metavar=("KIND", "NAME"), help=argparse.SUPPRESS)
+    ap.add_argument("--fit", type=Path, metavar="ENGINE_JSON",
+                    help="print parity.check.cost's constants refitted to a bench's engine.json, and exit")
     args = ap.parse_args()
+    if args.fit:
+        sys.path[:0] = [str(ROOT)]
+        print(fit(json.loads(args.fit.read_text())))
+        return 0
     if args.one:
         print("RESULT " + json.dumps(one(*args.one)))
         return 0

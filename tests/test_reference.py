@@ -4,9 +4,11 @@ the train step read between its halves: each gives the numbers the engine gave b
 
 from __future__ import annotations
 
+import gc
 import glob
 import os
 import tempfile
+import weakref
 
 import numpy as np
 import pytest
@@ -51,6 +53,35 @@ def test_a_failing_run_leaves_nothing_on_disk(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="the run failed"):
         reference.Reference.collect(broken())
     assert not glob.glob(str(tmp_path / "parity-reference-*"))
+
+
+def test_the_start_is_held_on_disk_and_read_fresh(tmp_path, monkeypatch):
+    """``stored_start``: every tensor back bit for bit (dtype and key order too), a fresh tensor at each
+    read (a run may write over it), and the directory gone when the block ends, also on an error."""
+    import torch
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    w = {"conv.weight": torch.randn(64, 3, 3, 3, dtype=torch.float64), "fc.weight": torch.randn(300, 40,
+                                                                                                 dtype=torch.float64),
+         "bn.num_batches_tracked": torch.tensor(7)}
+    with reference.stored_start(w) as start:
+        assert list(start) == list(w) and glob.glob(str(tmp_path / "parity-reference-*"))
+        for k, v in w.items():
+            assert start[k].dtype == v.dtype and torch.equal(start[k], v), k
+        a = start["fc.weight"]
+        a.zero_()
+        assert torch.equal(start["fc.weight"], w["fc.weight"])  # written over: the store is untouched
+    assert not glob.glob(str(tmp_path / "parity-reference-*"))
+    with pytest.raises(RuntimeError, match="planted"), reference.stored_start(w):
+        raise RuntimeError("planted")
+    assert not glob.glob(str(tmp_path / "parity-reference-*"))
+    # the point of it: once the caller lets go, its copy of a large tensor is gone for the whole block
+    held = weakref.ref(w["fc.weight"])
+    with reference.stored_start(w):
+        del w
+        gc.collect()
+        assert held() is None
 
 
 def test_a_full_disk_names_the_tensor_and_the_remedy(monkeypatch):

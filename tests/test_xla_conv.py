@@ -23,7 +23,7 @@ import torch
 import jaxnets
 import netspecs
 from jaxnets import layers
-from parity import training
+from parity import training, xla_cpu
 from parity.bench import jobs, profiling, worker
 
 # one variant per family: basic, bottleneck, grouped, wide, plain, CIFAR, VGG with BN, LRN and 1x1 convs
@@ -35,17 +35,17 @@ REVERSED = re.compile(r"convolution\(.*rhs_reversal")
 
 
 @functools.cache
-def compiled(name: str, size: int, conv_impl: str, mode: str) -> str:
+def compiled(name: str, size: int, conv_impl: str, mode: str, jit=jax.jit) -> str:
     """The optimised HLO of the bench's jitted train step (mode "train") or inference ("infer"),
-    batch 2, under this process's XLA_FLAGS (PROBE runs it under others)."""
+    batch 2, under this process's XLA_FLAGS (PROBE runs it under others), jitted by ``jit``."""
     model = jaxnets.build(name, conv_impl=conv_impl, **training.overrides(name))
     x = jnp.zeros((2, size, size, 3), jnp.float32)
     v = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
     tx, train, infer = worker.jax_programs(model, 0.1)
     if mode == "infer":
-        return jax.jit(infer).lower(v["params"], v.get("batch_stats", {}), x).compile().as_text()
+        return jit(infer).lower(v["params"], v.get("batch_stats", {}), x).compile().as_text()
     state = jax.eval_shape(lambda v: training.flax_state(v, tx), v)
-    return jax.jit(train).lower(state, x, jnp.zeros((2,), jnp.int32)).compile().as_text()
+    return jit(train).lower(state, x, jnp.zeros((2,), jnp.int32)).compile().as_text()
 
 
 # compiled() in a fresh interpreter, whose XLA_FLAGS the caller sets: argv = out dir, then
@@ -162,6 +162,30 @@ def test_train_flag_reaches_the_compiler(tmp_path):
         hlo = (tmp_path / flags / "resnet20_32_auto_train.hlo").read_text()
         widest[flags] = max(len(m.group(1).split(", ")) for m in TRANSPOSE_FUSION.finditer(hlo))
     assert widest["train"] < widest["infer"], widest
+
+
+def test_per_compile_options_give_the_flags_program(tmp_path, monkeypatch):
+    """``training.jit`` (parity.xla_cpu.TUNED_OPTIONS, one compile's options) compiles the program the
+    bench's convolution flag gives a whole process: resnet18's train step and inference, where jaxlib's
+    defaults compile another (a jaxlib whose default list of YNNPACK fusions changed fails here)."""
+    if not jobs.tuned_flags_supported():
+        pytest.skip(f"this jaxlib does not know {jobs.tuned_cpu_flags('train')}")
+    monkeypatch.delenv("XLA_FLAGS", raising=False)  # the user's flags would win over the options
+    assert training.compiler_options() == xla_cpu.TUNED_OPTIONS
+    env = {k: v for k, v in jobs.worker_env(jobs.Job("resnet18", "jax")).items() if k != "XLA_FLAGS"}
+    programs = ["resnet18:64:auto:train", "resnet18:64:auto:infer"]
+    (tmp_path / "flags").mkdir()
+    (tmp_path / "stock").mkdir()
+    probe(tmp_path / "flags", {**env, "XLA_FLAGS": " ".join(xla_cpu.TUNED_FLAGS)}, programs)
+    probe(tmp_path / "stock", env, programs)
+    for mode in ("train", "infer"):
+        flags = instructions((tmp_path / "flags" / f"resnet18_64_auto_{mode}.hlo").read_text())
+        stock = instructions((tmp_path / "stock" / f"resnet18_64_auto_{mode}.hlo").read_text())
+        assert instructions(compiled("resnet18", 64, "auto", mode, training.jit)) == flags, mode
+        assert stock != flags, mode  # else this test could not tell the options had any effect
+    assert training.compiler_options("gpu") == {}
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
+    assert training.compiler_options() == {}  # a user's own setting wins
 
 
 def test_ynnpack_reproducer_shows_the_fusion_and_the_fence():

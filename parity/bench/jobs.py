@@ -14,24 +14,16 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from parity import xla_cpu
+
 # jax: the Flax twin as built by default; jax-xla: the same twin with lax's convolution everywhere
 # (jaxnets.build(conv_impl="xla")), to show what XLA:CPU's swapped convolutions cost.
 FRAMEWORKS = ("jax", "jax-xla", "torch-compile", "torch-eager")
 
 
-# Added to XLA_FLAGS for JAX on CPU unless --xla-cpu-flags stock (printed in every report): XLA's own
-# convolution kernels instead of YNNPACK's; a choice of kernel library, not of numerics (no fast
-# math, no reduced precision). Measured in docs/benchmark.md, "XLA flags".
-TUNED_CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
-# Train steps also get this: XLA:CPU flattens the call graph after fusion instead of before, and its
-# fusion then copies less of BatchNorm's backward into the transposes that feed weight gradients
-# (docs/benchmark.md, "The fourth").
-TUNED_CPU_TRAIN_XLA_FLAGS = ("--xla_backend_extra_options=xla_cpu_flatten_after_fusion",)
-
-
-def tuned_cpu_flags(mode: str) -> tuple[str, ...]:
-    """The flags the bench adds for a JAX worker on CPU running ``mode`` ("train" or "infer")."""
-    return TUNED_CPU_XLA_FLAGS + (TUNED_CPU_TRAIN_XLA_FLAGS if mode == "train" else ())
+# the XLA flags the bench adds for JAX on CPU (parity.xla_cpu; printed in every report)
+TUNED_CPU_XLA_FLAGS, TUNED_CPU_TRAIN_XLA_FLAGS = xla_cpu.TUNED_FLAGS, xla_cpu.TUNED_TRAIN_FLAGS
+tuned_cpu_flags = xla_cpu.tuned_flags
 
 
 @dataclass
@@ -53,6 +45,8 @@ class Job:
     xla_cpu_flags: str = "tuned"  # "tuned": add tuned_cpu_flags(mode) for JAX on CPU; "stock": XLA_FLAGS as given
     devices: int = 1  # data-parallel: ``batch`` images on each of N devices (parity.dataparallel)
     timeout_s: float = 1800  # any collective or rank, data-parallel runs
+    optimizer: str = "sgd"  # "sgd" or "adamw" (parity.bench.worker.optimizer)
+    pair: dict | None = None  # a user's pair or a saved port (parity.bench.pairs.PairSpec); None: the twin ``model``
 
 
 @dataclass
@@ -65,6 +59,8 @@ class Measurement:
     settings: dict = field(default_factory=dict)
     profile: list[dict] = field(default_factory=list)  # parity.bench.profiling.Op records, when asked
     first_logits: list[list[float]] = field(default_factory=list)  # the first step's first rows (same work)
+    # a pair's FLOPs per step: "torch" (FlopCounterMode) or "xla" (XLA's cost analysis)
+    flops: dict = field(default_factory=dict)
 
     @property
     def median(self) -> float:
@@ -92,15 +88,31 @@ def tuned_flags_supported(timeout: float = 120) -> bool:
     return proc.returncode == 0
 
 
-def run_job(job: Job, timeout: float = 1800) -> Measurement:
-    """One measurement in a fresh interpreter; RuntimeError if it fails or runs past ``timeout`` s."""
+class JobError(ValueError):
+    """A job its worker refused before measuring: the input it was given is wrong (a spec that does not
+    import, modules that reject the input shape, parameters that do not map, a loss that is not a scalar)."""
+
+
+# the worker's line for a refused job (exit 2): "INPUT-ERROR <message as JSON>"
+INPUT_ERROR = "INPUT-ERROR "
+
+
+def run_job(job: Job, timeout: float = 1800, check: bool = False) -> Measurement | None:
+    """One measurement in a fresh interpreter; ``JobError`` if the worker refused the job's input,
+    RuntimeError if it fails or runs past ``timeout`` s. ``check``: build and validate only (a pair's
+    both sides, weights, inputs and loss), nothing measured."""
     try:
-        proc = subprocess.run([sys.executable, "-m", "parity.bench.worker", json.dumps(asdict(job))],
+        proc = subprocess.run([sys.executable, "-m", "parity.bench.worker", json.dumps(asdict(job)),
+                               *(["--check"] if check else [])],
                               env=worker_env(job),
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         raise RuntimeError(f"{job.framework} {job.model} ran past its {timeout:.0f} s limit") from e
+    refused = [ln for ln in proc.stderr.splitlines() if ln.startswith(INPUT_ERROR)]
+    if refused:
+        raise JobError(json.loads(refused[-1][len(INPUT_ERROR):]))
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{job.framework} {job.model} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return Measurement(**json.loads(lines[-1][len("RESULT "):]))
+    data = json.loads(lines[-1][len("RESULT "):])
+    return Measurement(**data) if data is not None else None

@@ -11,12 +11,17 @@ from parity.bench.jobs import Job, Measurement
 from parity.bench.peaks import Peak
 
 
-def derived(m: Measurement, peak: float, achievable: float = float("nan")) -> dict:
+def derived(m: Measurement, peak: float, achievable: float = float("nan"), step_flops: float | None = None) -> dict:
     """Times, images/s and FLOP rates of one measurement. ``mfu`` divides by ``peak`` (nominal or
-    datasheet), ``of_achievable`` by a measured matmul rate; either may exceed 1, see over_peak."""
+    datasheet), ``of_achievable`` by a measured matmul rate; either may exceed 1, see over_peak. FLOPs:
+    the twins' analytic count (netspecs.counts), or ``step_flops`` per step of the global batch (a pair's
+    count, parity.bench.runs.step_flops). "images" are the batch's rows, whatever they hold."""
     job = Job(**m.job)
-    spec = netspecs.get(job.model)
-    per_image = counts.train_flops(spec, job.size) if job.mode == "train" else counts.infer_flops(spec, job.size)
+    if step_flops is not None:
+        per_image = step_flops / (job.batch * job.devices)
+    else:
+        spec = netspecs.get(job.model)
+        per_image = counts.train_flops(spec, job.size) if job.mode == "train" else counts.infer_flops(spec, job.size)
     t = np.asarray(m.times_s)
     ips = job.batch * job.devices / m.median  # global images/s
     achieved = per_image * ips

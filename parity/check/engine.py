@@ -28,7 +28,7 @@ from parity.check.config import Config
 from parity.check.cost import Meter
 from parity.check.judgement import Result, judge, structure_ok
 from parity.check.pairs import Batch, Mode, Pair
-from parity.check.reference import Reference
+from parity.check.reference import Reference, stored_start
 from parity.check.runners import flax_runner, run_torch
 from parity.check.statistics import reduce
 from parity.check.tolerances import STRUCT_RTOL
@@ -46,6 +46,8 @@ Inputs = Any
 def run_pair(pair: Pair, cfg: Config, w64: Mapping[str, torch.Tensor], batches: list[Batch]) -> Result:
     """The engine under ``check`` and ``check_pair``: both sides of ``pair`` from the float64 weights
     ``w64`` in float64 (on CPU) and, ``cfg.samples`` times, in the working dtype; then the judgement.
+    ``w64``: a state_dict, or a ``reference.StoredStart`` (``check`` and ``check_pair`` pass one: the start
+    on disk, read at each load).
 
     Several working-dtype runs, from the same one-ulp-perturbed starts on both sides: one run is no
     yardstick where rounding is chaotic (docs/parity.md, "Two steps").
@@ -105,7 +107,10 @@ def check(cfg: Config | str, **config: Any) -> Result:
         cfg = Config(cfg, **config)
     elif config:
         raise TypeError(f"check(Config, ...) takes no other arguments, got {sorted(config)}")
-    result = run_pair(*twin_run(cfg))
+    pair, cfg, w64, batches = twin_run(cfg)
+    with stored_start(w64) as start:
+        del w64  # on disk from here: one copy of the model less in every phase
+        result = run_pair(pair, cfg, start, batches)
     result.settings.update({"dropout": "switched off (p=0): the frameworks cannot draw the same masks",
                             "batchnorm statistics": "calibrated on a separate batch, affine within 10%"
                             if cfg.calibrates else "random"})
@@ -155,12 +160,7 @@ def check_pair(torch_module: torch.nn.Module, flax_module: Any, inputs: Inputs, 
     arrays = _numpy_inputs(inputs)
     ref = copy.deepcopy(torch_module).cpu().double()
     targs = tuple(torch.from_numpy(a) for a in arrays)
-    try:
-        with torch.no_grad():
-            out = ref.eval()(*targs)
-    except Exception as e:
-        raise ValueError(f"the torch module rejects inputs of shapes {[tuple(a.shape) for a in arrays]}: "
-                         f"{type(e).__name__}: {e}") from e
+    out = pairs.torch_eval(ref, targs)
     flax_args = pairs.flax_args(arrays, images)
     try:
         with jax_precision(precision, False):
@@ -182,7 +182,9 @@ def check_pair(torch_module: torch.nn.Module, flax_module: Any, inputs: Inputs, 
     rng = np.random.default_rng(seed)
     targets = tuple(rng.standard_normal(tuple(o.shape)) / np.sqrt(max(o.numel(), 1)) for o in outs)
     batches = [(arrays, targets if len(targets) > 1 else targets[0])] * max(steps, 1)
-    result = run_pair(pair, cfg, w64, batches)
+    with stored_start(w64) as start:
+        del w64  # on disk from here: one copy of the model less in every phase
+        result = run_pair(pair, cfg, start, batches)
     result.findings = findings
     result.settings.update({"loss": "probe: sum(output x fixed random tensor)",
                             "inputs": "4-D/5-D float inputs channels-last" if images else "as given",

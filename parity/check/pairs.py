@@ -96,6 +96,19 @@ class Pair:
         return moved if moved.shape == want else a
 
 
+def torch_eval(module: torch.nn.Module, args: tuple) -> Any:
+    """``module``'s eval-mode outputs on ``args`` (no gradient); a ``ValueError`` naming the input shapes
+    if it rejects them."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            return module.eval()(*args)
+    except Exception as e:
+        raise ValueError(f"the torch module rejects inputs of shapes {[tuple(a.shape) for a in args]}: "
+                         f"{type(e).__name__}: {e}") from e
+
+
 def flax_args(inputs: tuple[np.ndarray, ...], images: bool) -> tuple[np.ndarray, ...]:
     """Torch-layout inputs as the Flax side takes them: float arrays channels-last, others as given."""
     return tuple(layout.channels_last(a, images) if np.issubdtype(a.dtype, np.floating) else a for a in inputs)

@@ -3,11 +3,13 @@
 Quantities stream in from the runner one at a time; every tensor of at least ``SPILL_BYTES`` goes to a
 temporary directory the moment it arrives (a VGG's reference is five float64 copies of its 133M
 weights: gradients, both optimizers' first step and final state), and is read back for one comparison
-at a time (docs/parity.md, "What a check holds").
+at a time (docs/parity.md, "What a check holds"). The float64 start a check runs from is held the same
+way (``stored_start``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -55,6 +57,41 @@ class StoredTensors(Mapping):
 
     def __len__(self) -> int:
         return len(self._order)
+
+
+class StoredStart(Mapping):
+    """A float64 start (torch key -> tensor) held on disk for a whole check (``stored_start``): each access
+    reads a fresh torch tensor, so the start is resident only while a module loads it. Holding it in
+    memory was one more copy of the model beside every run's optimizer state."""
+
+    def __init__(self, tensors: StoredTensors, ref: Reference) -> None:
+        self._tensors, self._ref = tensors, ref
+
+    def __getitem__(self, key: str) -> Any:
+        import torch
+
+        return torch.from_numpy(np.array(self._tensors[key]))  # a copy: no mapping outlives the read
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._tensors
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+
+@contextlib.contextmanager
+def stored_start(weights: Mapping[str, Any]) -> Iterator[StoredStart]:
+    """``weights`` (torch tensors, on CPU) as a ``StoredStart`` in a temporary directory, removed when the
+    block ends (also when it fails). The caller lets go of its own copy to gain the memory."""
+    ref = Reference.collect([("start", {k: v.detach().numpy() for k, v in weights.items()})])
+    del weights  # this frame lives as long as the block: it must not keep the caller's copy alive
+    try:
+        yield StoredStart(ref["start"], ref)
+    finally:
+        ref.close()
 
 
 class Reference:

@@ -1,4 +1,5 @@
-"""``parity bench``: the jobs, the same-work check, tables, JSON, Markdown and plots."""
+"""``parity bench``: the twins' jobs or a user's pair (``--pair``, ``--port``), measured by
+``parity.bench.runs``; tables, JSON, Markdown and plots."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after the compiling call")
-    p.add_argument("--frameworks", default=",".join(jobs.FRAMEWORKS))
+    p.add_argument("--frameworks", help=f"comma separated (default {','.join(jobs.FRAMEWORKS)}; a pair: jax, "
+                   "torch-compile, torch-eager)")
     p.add_argument("--compile-mode", choices=("default", "max-autotune"), default="default")
     p.add_argument("--xla-cpu-flags", choices=("tuned", "stock"), default="tuned",
                    help="tuned (default): JAX on CPU gets the bench's XLA flags (printed); stock: XLA_FLAGS as given")
@@ -37,6 +39,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="after timing, profile one step per framework and print its slowest operations")
     p.add_argument("--devices", type=int, default=1, help="data-parallel on N devices (and 1, for scaling): "
                    "--batch images per device; CPU: simulated JAX devices and N torch gloo processes")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
+                   help="train mode's optimizer, the same in every framework (default SGD, momentum 0.9)")
+    g = p.add_argument_group("your own models (docs/benchmark.md, 'Your own models')")
+    g.add_argument("--pair", metavar="TORCH,FLAX", help="MODULE:NAME of the torch and the Flax module, comma "
+                   "separated (e.g. examples.convnet:TorchConvNet,examples.convnet:FlaxConvNet), instead of --models")
+    g.add_argument("--port", type=Path, metavar="DIR", help="a folder written by parity port, instead of --models")
+    g.add_argument("--input-shape", help="torch layout, comma separated, e.g. 16,3,64,64; several inputs separated "
+                   "by ';' (a port's own by default)")
+    g.add_argument("--kwargs", default="{}", help="JSON keyword arguments for both sides of --pair")
+    g.add_argument("--weights", type=Path, help="a state_dict file loaded strictly into the torch module")
+    g.add_argument("--tokens", type=int, help="integer inputs below this (token ids) instead of random floats")
+    g.add_argument("--no-images", action="store_true", help="do not move 4-D/5-D inputs and outputs channels-last")
+    g.add_argument("--loss", metavar="TORCH_FN,FLAX_FN", help="MODULE:FN of the loss in each framework, "
+                   "fn(outputs, target) -> scalar (default: cross-entropy for (batch, classes) outputs, else "
+                   "mean squared error)")
     p.add_argument("--out", type=Path, default=Path("reports/bench"))
     p.set_defaults(run=run)
 
@@ -98,56 +115,17 @@ def profile_lines(profiles: list[tuple[str, list[profiling.Op]]]) -> list[str]:
     return lines
 
 
-def main(models: list[str], args: argparse.Namespace) -> int:
+def main(groups: list[tuple[str, list[jobs.Job]]], args: argparse.Namespace) -> int:
+    """Measure ``groups`` ((label, one job per framework) each), print the tables, write the reports."""
     from tqdm import tqdm
 
     from parity import tables
-    from parity.bench import peaks, profiling, results
+    from parity.bench import profiling, results, runs
 
-    frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
-    bad = [f for f in frameworks if f not in jobs.FRAMEWORKS]
-    if bad:
-        print(f"error: unknown framework(s) {bad}; valid: {', '.join(jobs.FRAMEWORKS)}", file=sys.stderr)
-        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.device == "cpu":
-        peak = peaks.cpu_nominal_peak()
-        # bf16: the faster of torch's bf16 and fp32 products (without a bf16 kernel, XLA computes bf16
-        # dots in fp32, far above torch's bf16 product)
-        probes = {d: peaks.cpu_peak_probe(d) for d in dict.fromkeys([args.dtype, "fp32"])}
-        best = max(probes, key=probes.get)
-        achievable = peaks.Peak(probes[best], f"measured: the best {best} torch matmul (up to 2048^3)"
-                                + (f"; bf16 {probes['bf16'] / 1e9:.1f} GFLOP/s" if best != args.dtype else ""))
-    else:
-        peak = peaks.gpu_peak(args.dtype, tf32=True)
-        achievable = peaks.Peak(peaks.gpu_peak_probe(args.dtype), f"measured: 8192^3 {args.dtype} torch matmul")
-    flags = args.xla_cpu_flags
-    if flags == "tuned" and args.device == "cpu" and any(f.startswith("jax") for f in frameworks) \
-            and not jobs.tuned_flags_supported():
-        print(f"note: this jaxlib rejects {' '.join(jobs.tuned_cpu_flags('train'))}; "
-              "JAX runs with XLA_FLAGS as given")
-        flags = "stock"
-    if args.device == "cpu" and flags == "tuned":
-        print(f"the bench adds to XLA_FLAGS for JAX on CPU: {' '.join(jobs.tuned_cpu_flags(args.mode))} "
-              "(XLA's convolution kernels instead of YNNPACK's"
-              + ("; train steps: the call graph flattened after fusion" if args.mode == "train" else "")
-              + "; --xla-cpu-flags stock to leave XLA_FLAGS as given)")
-    devices = getattr(args, "devices", 1)
-    if devices > 1 and args.mode != "train":
-        print("error: --devices needs --mode train (data-parallel inference has no collective to compare)",
-              file=sys.stderr)
-        return 2
-    if devices > 1:
-        print(f"data-parallel: {devices} devices, --batch images per device; JAX: jax.shard_map over a Mesh, torch: "
-              "DistributedDataParallel, both per-replica BatchNorm (the same work); scaling efficiency = global "
-              f"images/s on {devices} devices / ({devices} x images/s on 1)"
-              + ("; simulated CPU devices and ranks share this machine's cores" if args.device == "cpu" else ""))
-    groups = [(m, b, s, d) for m, b, s in product(models, args.batch, args.image_size)
-              for d in ([1, devices] if devices > 1 else [1])]
-    rows, notes, refused = [], [], []
-    profiles: list[tuple[str, list[profiling.Op]]] = []
-    settings: dict = {}
+    peak, achievable = runs.peaks(args.device, args.dtype)
+    session = runs.Session()
     env = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
            "peak_flops": peak.flops, "peak_source": peak.source,
            "achievable_flops": achievable.flops, "achievable_source": achievable.source,
@@ -156,58 +134,36 @@ def main(models: list[str], args: argparse.Namespace) -> int:
 
     def dump() -> None:  # after every group too: a run killed midway keeps what it measured
         (out / "throughput.json").write_text(json.dumps(
-            {"args": {k: v for k, v in vars(args).items() if k != "run"}, "environment": env, "settings": settings,
-             "same_work": notes, "refused": refused, "results": rows,
-             "profiles": {k: profiling.as_dicts(v) for k, v in profiles}}, indent=1, default=str))
+            {"args": {k: v for k, v in vars(args).items() if k != "run"}, "environment": env,
+             "settings": session.settings, "same_work": session.notes, "refused": session.refused,
+             "results": session.rows, "profiles": {k: profiling.as_dicts(v) for k, v in session.profiles}},
+            indent=1, default=str))
 
-    bar = tqdm(total=len(groups) * len(frameworks), desc="bench", unit="run", file=sys.stderr)
-    single: dict[tuple, float] = {}  # (model, batch, size, framework) -> images/s on one device
-    for model, batch, size, ndev in groups:
-        ms: dict[str, jobs.Measurement] = {}
-        label = f"{model} b{batch} {size}px" + (f" x{ndev} devices" if ndev > 1 else "")
-        for fw in frameworks:
-            bar.set_postfix_str(f"{label} {fw}")
-            job = jobs.Job(model, fw, args.mode, batch, size, args.dtype, args.device, args.steps, args.warmup,
-                                 args.compile_mode, profile=args.profile, xla_cpu_flags=flags, devices=ndev)
-            try:
-                ms[fw] = jobs.run_job(job)
-                settings[fw] = ms[fw].settings
-            except RuntimeError as e:  # one failed run must not lose the others' numbers
-                tqdm.write(f"FAILED {model} {fw}: {e}", file=sys.stderr)
-            bar.update()
-        failed = [fw for fw in frameworks if fw not in ms]
-        if failed:  # the others' numbers are kept, and the run exits non-zero
-            refused.append(f"{model} ({', '.join(failed)} failed)")
-            notes.append(f"{label}: {', '.join(failed)} failed (its error is above); the others reported")
-        if len(ms) >= 2:
-            ok, text = results.same_work(ms, args.device, args.dtype)
-            notes.append(f"{label}: {text}")
-            if not ok:
-                refused.append(model)
-                tqdm.write(f"REFUSED {model}: the frameworks did not do the same work ({text})", file=sys.stderr)
-                dump()
-                continue
-        elif ms:
-            notes.append(f"{label}: same work not checked (only {next(iter(ms))} ran)")
-        else:
+    bar = tqdm(total=sum(len(js) for _, js in groups), desc="bench", unit="run", file=sys.stderr)
+    for label, group_jobs in groups:
+        def on_job(job: jobs.Job, done: bool, label: str = label) -> None:
+            if done:
+                bar.update()
+            else:
+                bar.set_postfix_str(f"{label} {job.framework}")
+
+        def failed(fw: str, text: str, model: str = group_jobs[0].model) -> None:
+            tqdm.write(f"FAILED {model} {fw}: {text}", file=sys.stderr)
+
+        try:
+            runs.group(session, label, group_jobs, peak.flops, achievable.flops, on_job, failed)
+        except jobs.JobError as e:
+            bar.close()
+            print(f"error: {label}: {e}", file=sys.stderr)
             dump()
-            continue
-        for fw, m in ms.items():
-            if m.profile:
-                profiles.append((f"{label} {fw}",
-                                 [profiling.Op(**op) for op in m.profile]))
-        group = [results.derived(m, peak.flops, achievable.flops) for m in ms.values()]
-        ref = next((r for r in group if r["framework"] == "torch-compile"), None)
-        for r in group:
-            r["vs_torch_compile"] = r["images_per_s"] / ref["images_per_s"] if ref else float("nan")
-            if ndev == 1:
-                single[(model, batch, size, r["framework"])] = r["images_per_s"]
-            one = single.get((model, batch, size, r["framework"]))
-            r["scaling"] = r["images_per_s"] / (ndev * one) if ndev > 1 and one else float("nan")
-        rows += group
+            return 2
+        if session.mismatches and session.mismatches[-1].startswith(f"{label}: "):
+            tqdm.write(f"REFUSED {group_jobs[0].model}: the frameworks did not do the same work "
+                       f"({session.mismatches[-1][len(label) + 2:]})", file=sys.stderr)
         dump()
     bar.close()
-    dp = devices > 1
+    rows = session.rows
+    dp = getattr(args, "devices", 1) > 1
     head = ["model", "batch", *(["devices", "global img/s", "scaling"] if dp else []), "size", "framework",
             "compile s", "median ms", "p10-p90 ms", "img/s", "TFLOP/s", "MFU", "of matmul", "peak MiB",
             "vs torch-compile"]
@@ -221,38 +177,141 @@ def main(models: list[str], args: argparse.Namespace) -> int:
     print(f"\nbench: mode={args.mode} dtype={args.dtype} device={args.device} steps={args.steps} "
           f"warmup={args.warmup}\nMFU = achieved FLOP/s / {peak.flops / 1e9:.1f} GFLOP/s ({peak.source})\n"
           f"of matmul = achieved FLOP/s / {achievable.flops / 1e9:.1f} GFLOP/s, achievable ({achievable.source})")
-    for fw, s in settings.items():
+    flop_lines = flop_notes(rows)
+    for line in flop_lines:
+        print(line)
+    for fw, s in session.settings.items():
         print(f"settings {fw}: " + ", ".join(f"{k}={v}" for k, v in s.items()))
-    print("same work: " + "\n           ".join(notes) + "\n")
+    print("same work: " + "\n           ".join(session.notes) + "\n")
     if len(table) > 1:
         print(tables.text_table(table, right=tuple(range(4 + 3 * dp, 13 + 3 * dp))))
     over = [n for n in (results.over_peak(r, peak) for r in rows) if n]
     for note in over:
         print("* " + note)
-    prof_lines = profile_lines(profiles)
+    prof_lines = profile_lines(session.profiles)
     if prof_lines:
         print("\n" + "\n".join(prof_lines))
     files = _plot(rows, out, len(args.batch) > 1) if rows else []
     dump()
     md = [f"# Benchmark ({args.mode}, {args.dtype}, {args.device})", "", f"Environment: {env}", "",
-          *[f"- {fw}: {s}" for fw, s in settings.items()], "", *[f"- {n}" for n in notes], "",
+          *[f"- {fw}: {s}" for fw, s in session.settings.items()], "", *[f"- {n}" for n in session.notes], "",
+          *[f"- {n}" for n in flop_lines], *([""] if flop_lines else []),
           tables.markdown_table(table), "", *[f"* {n}" for n in over], "",
           *(["```", *prof_lines, "```", ""] if prof_lines else []),
           *[f"![{f}]({f})" for f in files]]
     (out / "throughput.md").write_text("\n".join(md))
     print(f"\nreports: {out}/throughput.json, throughput.md, " + ", ".join(files))
-    return 1 if refused else 0
+    return 1 if session.refused else 0
+
+
+def flop_notes(rows: list[dict]) -> list[str]:
+    """Where a pair's FLOPs come from: torch's count (MFU's) and XLA's beside it, per model."""
+    seen, lines = set(), []
+    for r in rows:
+        if "flops_source" in r and r["model"] not in seen:
+            seen.add(r["model"])
+            lines.append(f"FLOPs {r['model']}: {r['torch_flops'] / 1e9:.3f} GFLOP/step by torch's FlopCounterMode "
+                         f"(matmuls and convolutions), {r['xla_flops'] / 1e9:.3f} by XLA's cost analysis (every "
+                         f"operation it counts); MFU from the {r['flops_source']} count")
+    return lines
+
+
+def _twin_groups(models: list[str], args: argparse.Namespace, frameworks: list[str], flags: str
+                 ) -> list[tuple[str, list[jobs.Job]]]:
+    devices = getattr(args, "devices", 1)
+    groups = []
+    for m, b, s in product(models, args.batch, args.image_size):
+        for d in ([1, devices] if devices > 1 else [1]):
+            label = f"{m} b{b} {s}px" + (f" x{d} devices" if d > 1 else "")
+            groups.append((label, [jobs.Job(m, fw, args.mode, b, s, args.dtype, args.device, args.steps, args.warmup,
+                                            args.compile_mode, profile=args.profile, xla_cpu_flags=flags,
+                                            devices=d, optimizer=args.optimizer) for fw in frameworks]))
+    return groups
+
+
+def _pair_group(args: argparse.Namespace, frameworks: list[str], flags: str) -> tuple[str, list[jobs.Job]]:
+    """The one group of ``--pair`` or ``--port``; ValueError naming the wrong argument."""
+    from parity.bench import runs
+    from parity.bench.pairs import PairSpec
+    from parity.cli.port import shapes
+
+    kwargs = json.loads(args.kwargs)
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--kwargs: expected a JSON object, got {args.kwargs!r}")
+    sides = args.pair.split(",") if args.pair else []
+    if args.pair and len(sides) != 2:
+        raise ValueError(f"--pair: expected TORCH_SPEC,FLAX_SPEC (two MODULE:NAME), got {args.pair!r}")
+    loss = args.loss.split(",") if args.loss else None
+    if loss is not None and len(loss) != 2:
+        raise ValueError(f"--loss: expected TORCH_FN,FLAX_FN (two MODULE:FN), got {args.loss!r}")
+    if args.pair and not args.input_shape:
+        raise ValueError("--input-shape is needed with --pair (e.g. 16,3,64,64)")
+    if len(args.batch) > 1 or len(args.image_size) > 1:
+        raise ValueError("--batch and --image-size sweeps take the twins; a pair's batch is its --input-shape")
+    spec = PairSpec(*(sides or ["", ""]), kwargs, [list(s) for s in shapes(args.input_shape)] if args.input_shape
+                    else [], args.tokens, str(args.weights) if args.weights else None, loss,
+                    str(args.port) if args.port else None, not args.no_images)
+    group_jobs = runs.pair_jobs(spec.to_json(), tuple(frameworks), mode=args.mode, dtype=args.dtype,
+                                device=args.device, steps=args.steps, warmup=args.warmup,
+                                compile_mode=args.compile_mode, profile=args.profile, xla_cpu_flags=flags,
+                                devices=getattr(args, "devices", 1), optimizer=args.optimizer)
+    shape = ";".join(",".join(map(str, s)) for s in spec.input_shapes)
+    return f"{spec.label} {shape}", group_jobs
 
 
 def run(args: argparse.Namespace) -> int:
     import netspecs
+    from parity.bench import runs
 
+    pair = bool(args.pair or args.port)
+    if args.pair and args.port:
+        print("error: --pair and --port are two ways to name a pair: give one", file=sys.stderr)
+        return 2
+    default_fws = ",".join(runs.PAIR_FRAMEWORKS) if pair else ",".join(jobs.FRAMEWORKS)
+    frameworks = [f.strip() for f in (args.frameworks or default_fws).split(",") if f.strip()]
+    bad = [f for f in frameworks if f not in jobs.FRAMEWORKS]
+    if bad:
+        print(f"error: unknown framework(s) {bad}; valid: {', '.join(jobs.FRAMEWORKS)}", file=sys.stderr)
+        return 2
+    devices = getattr(args, "devices", 1)
+    if devices > 1 and args.mode != "train":
+        print("error: --devices needs --mode train (data-parallel inference has no collective to compare)",
+              file=sys.stderr)
+        return 2
     try:
-        models = netspecs.names(args.models)
+        args.batch = [int(b) for b in str(args.batch).split(",")]
+        args.image_size = [int(s) for s in str(args.image_size).split(",")]
+        if not pair:
+            models = netspecs.names(args.models)
     except KeyError as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
-    args.batch = [int(b) for b in str(args.batch).split(",")]
-    args.image_size = [int(s) for s in str(args.image_size).split(",")]
-    return main(models, args)
-
+    except ValueError as e:
+        print(f"error: --batch and --image-size take integers: {e}", file=sys.stderr)
+        return 2
+    flags = args.xla_cpu_flags
+    if flags == "tuned" and args.device == "cpu" and any(f.startswith("jax") for f in frameworks) \
+            and not jobs.tuned_flags_supported():
+        print(f"note: this jaxlib rejects {' '.join(jobs.tuned_cpu_flags('train'))}; "
+              "JAX runs with XLA_FLAGS as given")
+        flags = "stock"
+    if pair:
+        try:
+            groups = [_pair_group(args, frameworks, flags)]
+            runs.check_pair_input(groups[0][1])
+        except (ValueError, json.JSONDecodeError) as e:  # JobError is a ValueError
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    else:
+        groups = _twin_groups(models, args, frameworks, flags)
+    if args.device == "cpu" and flags == "tuned":
+        print(f"the bench adds to XLA_FLAGS for JAX on CPU: {' '.join(jobs.tuned_cpu_flags(args.mode))} "
+              "(XLA's convolution kernels instead of YNNPACK's"
+              + ("; train steps: the call graph flattened after fusion" if args.mode == "train" else "")
+              + "; --xla-cpu-flags stock to leave XLA_FLAGS as given)")
+    if devices > 1:
+        print(f"data-parallel: {devices} devices, --batch images per device; JAX: jax.shard_map over a Mesh, torch: "
+              "DistributedDataParallel, both per-replica BatchNorm (the same work); scaling efficiency = global "
+              f"images/s on {devices} devices / ({devices} x images/s on 1)"
+              + ("; simulated CPU devices and ranks share this machine's cores" if args.device == "cpu" else ""))
+    return main(groups, args)

@@ -51,17 +51,7 @@ def run(args: argparse.Namespace) -> int:
         if not isinstance(kwargs, dict):
             raise ValueError(f"--kwargs: expected a JSON object, got {args.kwargs!r}")
         in_shapes = shapes(args.input_shape)
-        model = imports.build(args.spec, kwargs)
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"{args.spec} built a {type(model).__name__}, not a torch.nn.Module")
-        if args.weights:
-            state = files.load(args.weights)
-            if not files.is_state_dict(state):
-                raise files.CheckpointError(f"{args.weights}: expected a torch state_dict, got Flax variables")
-            try:
-                model.load_state_dict(state, strict=True)
-            except RuntimeError as e:  # torch lists every missing, unexpected and mis-shaped key
-                raise ValueError(f"{args.weights} does not fit {args.spec}: {e}") from e
+        model = imports.torch_module(args.spec, kwargs, args.weights)
     except (ValueError, TypeError, files.CheckpointError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

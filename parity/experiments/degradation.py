@@ -96,15 +96,15 @@ def train_flax(name: str, weights: Mapping[str, torch.Tensor], data: Dataset, ep
 
 def _train_flax(name: str, weights: Mapping[str, torch.Tensor], data: Dataset, epochs: int, batch: int, lr: float,
                 seed: int, bar: _Bar | None, warmup: int, dtype: str, run_epochs: int) -> Curves:
-    import jax
     import jax.numpy as jnp
 
     (x, y), (xt, yt) = data
     model = training.flax_model(name, dtype)
     tx = training.optax_optimizer(recipe(lr))
     state = training.flax_state(training.flax_variables(name, weights, dtype), tx)
-    step = jax.jit(training.flax_train_step(model, tx))
-    evaluate = jax.jit(training.flax_eval_step(model))
+    # the bench's XLA:CPU kernel choice, per compile (training.jit): the experiment's speed is the bench's
+    step = training.jit(training.flax_train_step(model, tx))
+    evaluate = training.jit(training.flax_eval_step(model))
     xt_nhwc = training.flax_inputs(xt, dtype)
     curves = {"train_loss": [], "train_error": [], "test_error": []}
     for epoch in range(run_epochs):
