@@ -1,6 +1,8 @@
-"""One benchmark run in this process (``python -m parity.bench.worker JOB_JSON``): the same weights and
-batch in every framework, the engine's steps (``parity.training``), compile time apart, each step
-synchronised to read its time, peak memory (docs/benchmark.md).
+"""One benchmark run in this process (``python -m parity.bench.worker JOB_JSON [--check]``): the same
+weights and batch in every framework, the engine's steps (``parity.training``), compile time apart, each
+step synchronised to read its time, peak memory (docs/benchmark.md). A twin, or a user's pair or saved
+port (``parity.bench.pairs``), built into a ``Work`` per framework; ``--check`` builds a pair in both
+frameworks and measures nothing.
 
 The timed loop: each step is synchronised (``block_until_ready`` / ``torch.cuda.synchronize``) to read
 its own time; that is the only host sync, and it is the same for every framework.
