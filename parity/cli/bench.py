@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -290,12 +291,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --batch and --image-size take integers: {e}", file=sys.stderr)
         return 2
     flags = args.xla_cpu_flags
-    if flags == "tuned" and args.device == "cpu" and any(f.startswith("jax") for f in frameworks) \
-            and not jobs.tuned_flags_supported():
-        print(f"note: this jaxlib rejects {' '.join(jobs.tuned_cpu_flags('train'))}; "
-              "JAX runs with XLA_FLAGS as given")
-        flags = "stock"
-    if pair:
+    if pair:  # the arguments and the pair itself first: a usage error should not wait for the flags' probe
         try:
             groups = [_pair_group(args, frameworks, flags)]
             runs.check_pair_input(groups[0][1])
@@ -304,6 +300,12 @@ def run(args: argparse.Namespace) -> int:
             return 2
     else:
         groups = _twin_groups(models, args, frameworks, flags)
+    if flags == "tuned" and args.device == "cpu" and any(f.startswith("jax") for f in frameworks) \
+            and not jobs.tuned_flags_supported():
+        print(f"note: this jaxlib rejects {' '.join(jobs.tuned_cpu_flags('train'))}; "
+              "JAX runs with XLA_FLAGS as given")
+        flags = "stock"
+        groups = [(label, [dataclasses.replace(j, xla_cpu_flags=flags) for j in js]) for label, js in groups]
     if args.device == "cpu" and flags == "tuned":
         print(f"the bench adds to XLA_FLAGS for JAX on CPU: {' '.join(jobs.tuned_cpu_flags(args.mode))} "
               "(XLA's convolution kernels instead of YNNPACK's"
