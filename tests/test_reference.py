@@ -84,12 +84,40 @@ def test_the_start_is_held_on_disk_and_read_fresh(tmp_path, monkeypatch):
         assert held() is None
 
 
-def test_a_full_disk_names_the_tensor_and_the_remedy(monkeypatch):
-    def full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+def test_a_full_disk_keeps_the_reference_in_memory_with_a_warning(tmp_path, monkeypatch):
+    """No room on the disk (too little free beyond the reserve, or the write itself failing for space):
+    the tensor stays in memory, the same numbers, nothing half-written left behind; the check says so."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    expect = dict(stream(np.random.default_rng(0)))
+    save = np.save
+
+    def full(path, value, **kw):  # as numpy fails on a full disk: part of the file is written
+        save(path, value[:1], **kw)
+        raise OSError(f"Not enough free space to write {value.nbytes} bytes after offset 128")
 
     monkeypatch.setattr(np, "save", full)
-    with pytest.raises(OSError, match=r"grads/w .*GiB free.*set TMPDIR"):
+    with pytest.warns(RuntimeWarning, match=r"grads/w.*stays in memory.*TMPDIR"), \
+            reference.Reference.collect(stream(np.random.default_rng(0))) as ref:
+        (d,) = glob.glob(str(tmp_path / "parity-reference-*"))
+        assert os.listdir(d) == []
+        np.testing.assert_array_equal(ref["grads"]["w"], expect["grads"]["w"])
+        assert ref.held_in_memory == expect["grads"]["w"].nbytes
+    # too little free: no write is tried at all
+    monkeypatch.setattr(np, "save", lambda *a, **k: pytest.fail("wrote to a full disk"))
+    monkeypatch.setattr(reference, "DISK_RESERVE_BYTES", 1 << 62)
+    with pytest.warns(RuntimeWarning, match="stays in memory"), reference.stored_start(
+            {"w": __import__("torch").from_numpy(expect["grads"]["w"])}) as start:
+        np.testing.assert_array_equal(start["w"].numpy(), expect["grads"]["w"])
+        assert start.held_in_memory == expect["grads"]["w"].nbytes
+
+
+def test_a_disk_that_refuses_for_another_reason_names_the_tensor_and_the_remedy(monkeypatch):
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(np, "save", denied)
+    with pytest.raises(OSError, match=r"grads/w .*Permission denied.*set TMPDIR"):
         reference.Reference.collect(stream(np.random.default_rng(0)))
 
 
@@ -150,3 +178,24 @@ def test_the_train_step_in_two_halves_is_the_train_step():
         ob.step()
         assert la.item() == lb.item()
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_a_check_kept_in_memory_gives_the_numbers_it_gives_on_disk(monkeypatch):
+    """The disk's room decides only where the float64 reference lives: verdicts, every distance and
+    layer, bit for bit; the settings say where it was."""
+    import dataclasses
+    import warnings
+
+    from parity.check import check
+
+    on_disk = check("resnet20", steps=1, samples=1, batch=2)
+    monkeypatch.setattr(reference, "DISK_RESERVE_BYTES", 1 << 62)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        in_memory = check("resnet20", steps=1, samples=1, batch=2)
+    assert any("stays in memory" in str(w.message) for w in caught)
+    assert on_disk.settings["float64 reference held"] == "on disk (TMPDIR)"
+    assert in_memory.settings["float64 reference held"].startswith("on disk (TMPDIR), ")
+    assert "GiB in memory: the disk had no room" in in_memory.settings["float64 reference held"]
+    assert [dataclasses.asdict(v) for v in in_memory.verdicts] == [dataclasses.asdict(v) for v in on_disk.verdicts]
+    assert in_memory.layers == on_disk.layers and in_memory.passed and on_disk.passed

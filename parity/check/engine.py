@@ -89,8 +89,16 @@ def _judged(pair: Pair, cfg: Config, w64: Mapping[str, torch.Tensor], batches: l
     result.settings = {**ts, **js, "float64 reference": "cpu", "steps": cfg.steps, "samples": cfg.samples,
                        "chaos runs": len(chaos), "tolerance": dataclasses.asdict(cfg.tolerance),
                        "struct_rtol": STRUCT_RTOL,
-                       "flax execution": "jax.jit" if cfg.jits else "op by op (no jax.jit: docs/parity.md, Cost tiers)"}
+                       "flax execution": "jax.jit" if cfg.jits else "op by op (no jax.jit: docs/parity.md, Cost tiers)",
+                       "float64 reference held": _held(t64, w64)}
     return result
+
+
+def _held(t64: Reference, w64: Mapping[str, Any]) -> str:
+    """Where the float64 reference and start were kept (docs/parity.md, "What a check holds")."""
+    ram = t64.held_in_memory + getattr(w64, "held_in_memory", 0)
+    where = "on disk (TMPDIR)" if t64.directory is not None else "in memory"
+    return where if not ram else f"{where}, {ram / 2**30:.2f} GiB in memory: the disk had no room for it"
 
 
 def twin_run(cfg: Config) -> tuple[Pair, Config, OrderedDict, list[Batch]]:

@@ -10,8 +10,10 @@ way (``stored_start``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,9 @@ from typing import Any
 import numpy as np
 
 SPILL_BYTES = 1 << 16  # smaller tensors (biases, statistics, losses) stay in memory
+# a tensor goes to disk only while this much stays free after it: the check must not fill a disk that
+# other programs (and the check's own compilers) write to; where there is no room it stays in memory
+DISK_RESERVE_BYTES = 1 << 30
 
 
 class StoredTensors(Mapping):
@@ -30,17 +35,23 @@ class StoredTensors(Mapping):
         self._disk: dict[str, Path] = {}
         self._order: list[str] = []
         self.scale = 0.0
+        self.held_in_memory = 0  # bytes that were to go to disk and found no room there
 
     def add(self, key: str, value: np.ndarray, path: Path | None) -> None:
-        """``value`` under ``key``; written to ``path`` (when given) if it has ``SPILL_BYTES`` or more."""
+        """``value`` under ``key``; written to ``path`` (when given) if it has ``SPILL_BYTES`` or more and
+        the disk keeps ``DISK_RESERVE_BYTES`` free after it, else held in memory (a copy: the runner's
+        value is valid only until its next one). The same numbers either way: only where they live."""
         value = np.asarray(value)
         if value.size:  # max|x| without np.abs's temporary of the whole tensor
             self.scale = max(self.scale, float(np.maximum(value.max(), -value.min())))
         if path is not None and value.nbytes >= SPILL_BYTES:
-            np.save(path, value, allow_pickle=False)
-            self._disk[key] = path
-        else:
-            self._ram[key] = value
+            if _save(path, value):
+                self._disk[key] = path
+                self._order.append(key)
+                return
+            self.held_in_memory += value.nbytes
+            value = np.array(value)
+        self._ram[key] = value
         self._order.append(key)
 
     def __getitem__(self, key: str) -> np.ndarray:
@@ -59,6 +70,21 @@ class StoredTensors(Mapping):
         return len(self._order)
 
 
+def _save(path: Path, value: np.ndarray) -> bool:
+    """``value`` written to ``path``, or False (nothing left behind) where the disk has no room for it
+    and the reserve."""
+    if shutil.disk_usage(path.parent).free < value.nbytes + DISK_RESERVE_BYTES:
+        return False
+    try:
+        np.save(path, value, allow_pickle=False)
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT) or "free space" in str(e):  # numpy's own words for ENOSPC
+            return False
+        raise
+    return True
+
+
 class StoredStart(Mapping):
     """A float64 start (torch key -> tensor) held on disk for a whole check (``stored_start``): each access
     reads a fresh torch tensor, so the start is resident only while a module loads it. Holding it in
@@ -66,6 +92,10 @@ class StoredStart(Mapping):
 
     def __init__(self, tensors: StoredTensors, ref: Reference) -> None:
         self._tensors, self._ref = tensors, ref
+
+    @property
+    def held_in_memory(self) -> int:
+        return self._tensors.held_in_memory
 
     def __getitem__(self, key: str) -> Any:
         import torch
@@ -111,6 +141,7 @@ class Reference:
         until its next one). ``spill``: large tensors to a temporary directory (``tempfile``'s, so
         ``TMPDIR`` chooses the disk)."""
         ref = cls(Path(tempfile.mkdtemp(prefix="parity-reference-")) if spill else None)
+        warned = False
         try:
             for q, value in stream:
                 if q == "counters":
@@ -121,11 +152,17 @@ class Reference:
                     try:
                         t.add(k, value[k], ref.directory / f"{ref._files}.npy" if ref.directory else None)
                         ref._files += 1
+                        if t.held_in_memory and not warned:
+                            warned = True
+                            warnings.warn(f"the disk under {ref.directory} has less than "
+                                          f"{DISK_RESERVE_BYTES / 2**30:.0f} GiB free beyond {q}/{k}: the "
+                                          "float64 reference stays in memory from here (the same numbers, more "
+                                          "memory); set TMPDIR to a disk with room (docs/parity.md, 'What a "
+                                          "check holds')", RuntimeWarning, stacklevel=2)
                     except OSError as e:
-                        free = shutil.disk_usage(ref.directory).free / 2**30
-                        raise OSError(f"could not store the float64 reference of {q}/{k} under {ref.directory} "
-                                      f"({free:.1f} GiB free): {e}; set TMPDIR to a disk with room "
-                                      f"(docs/parity.md, 'What a check holds')") from e
+                        raise OSError(f"could not store the float64 reference of {q}/{k} under {ref.directory}: "
+                                      f"{e}; set TMPDIR to another directory (docs/parity.md, "
+                                      f"'What a check holds')") from e
         except BaseException:
             ref.close()
             raise
@@ -136,6 +173,11 @@ class Reference:
 
     def __contains__(self, q: object) -> bool:
         return q in self.quantities
+
+    @property
+    def held_in_memory(self) -> int:
+        """Bytes that stayed in memory because the disk had no room (``DISK_RESERVE_BYTES``)."""
+        return sum(t.held_in_memory for t in self.quantities.values())
 
     @property
     def layers(self) -> StoredTensors:
