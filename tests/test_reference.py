@@ -87,6 +87,8 @@ def test_the_start_is_held_on_disk_and_read_fresh(tmp_path, monkeypatch):
 def test_a_full_disk_keeps_the_reference_in_memory_with_a_warning(tmp_path, monkeypatch):
     """No room on the disk (too little free beyond the reserve, or the write itself failing for space):
     the tensor stays in memory, the same numbers, nothing half-written left behind; the check says so."""
+    import torch
+
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(tempfile, "tempdir", None)
     expect = dict(stream(np.random.default_rng(0)))
@@ -107,7 +109,7 @@ def test_a_full_disk_keeps_the_reference_in_memory_with_a_warning(tmp_path, monk
     monkeypatch.setattr(np, "save", lambda *a, **k: pytest.fail("wrote to a full disk"))
     monkeypatch.setattr(reference, "DISK_RESERVE_BYTES", 1 << 62)
     with pytest.warns(RuntimeWarning, match="stays in memory"), reference.stored_start(
-            {"w": __import__("torch").from_numpy(expect["grads"]["w"])}) as start:
+            {"w": torch.from_numpy(expect["grads"]["w"])}) as start:
         np.testing.assert_array_equal(start["w"].numpy(), expect["grads"]["w"])
         assert start.held_in_memory == expect["grads"]["w"].nbytes
 

@@ -97,8 +97,7 @@ def _judged(pair: Pair, cfg: Config, w64: Mapping[str, torch.Tensor], batches: l
 def _held(t64: Reference, w64: Mapping[str, Any]) -> str:
     """Where the float64 reference and start were kept (docs/parity.md, "What a check holds")."""
     ram = t64.held_in_memory + getattr(w64, "held_in_memory", 0)
-    where = "on disk (TMPDIR)" if t64.directory is not None else "in memory"
-    return where if not ram else f"{where}, {ram / 2**30:.2f} GiB in memory: the disk had no room for it"
+    return "on disk (TMPDIR)" + (f", {ram / 2**30:.2f} GiB in memory: the disk had no room for it" if ram else "")
 
 
 def twin_run(cfg: Config) -> tuple[Pair, Config, OrderedDict, list[Batch]]:

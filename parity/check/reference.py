@@ -1,10 +1,10 @@
 """torch's float64 answer, the yardstick every other run of a check is measured against, held once.
 
 Quantities stream in from the runner one at a time; every tensor of at least ``SPILL_BYTES`` goes to a
-temporary directory the moment it arrives (a VGG's reference is five float64 copies of its 133M
-weights: gradients, both optimizers' first step and final state), and is read back for one comparison
-at a time (docs/parity.md, "What a check holds"). The float64 start a check runs from is held the same
-way (``stored_start``).
+temporary directory the moment it arrives (a VGG's reference is five float64 copies of its 133M weights:
+gradients, both optimizers' first step and final state), where the disk has room
+(``DISK_RESERVE_BYTES``), and is read back for one comparison at a time (docs/parity.md, "What a check
+holds"). The float64 start a check runs from is held the same way (``stored_start``).
 """
 
 from __future__ import annotations
@@ -155,10 +155,10 @@ class Reference:
                         if t.held_in_memory and not warned:
                             warned = True
                             warnings.warn(f"the disk under {ref.directory} has less than "
-                                          f"{DISK_RESERVE_BYTES / 2**30:.0f} GiB free beyond {q}/{k}: the "
-                                          "float64 reference stays in memory from here (the same numbers, more "
-                                          "memory); set TMPDIR to a disk with room (docs/parity.md, 'What a "
-                                          "check holds')", RuntimeWarning, stacklevel=2)
+                                          f"{DISK_RESERVE_BYTES / 2**30:.0f} GiB free beyond {q}/{k}: it stays in "
+                                          "memory, as will each later tensor without room there (the same "
+                                          "numbers, more memory); set TMPDIR to a disk with room (docs/parity.md, "
+                                          "'What a check holds')", RuntimeWarning, stacklevel=2)
                     except OSError as e:
                         raise OSError(f"could not store the float64 reference of {q}/{k} under {ref.directory}: "
                                       f"{e}; set TMPDIR to another directory (docs/parity.md, "
