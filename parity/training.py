@@ -107,16 +107,20 @@ def optax_optimizer(opt: Optimizer) -> optax.GradientTransformation:
     raise TypeError(f"optimizer must be training.SGD or training.AdamW, got {type(opt).__name__}")
 
 
-def torch_optimizer(opt: Optimizer, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """torch's own optimizer for ``opt``."""
+def torch_optimizer(opt: Optimizer, params: Iterable[torch.nn.Parameter],
+                    fused: bool = False) -> torch.optim.Optimizer:
+    """torch's own optimizer for ``opt``; ``fused``: its fused implementation (one kernel pass per
+    tensor instead of one per operation, on CPU and CUDA), the same update rounded as one expression.
+    Default: torch's default implementation (single-tensor on CPU, foreach on CUDA)."""
     import torch
 
+    kind = {"fused": True} if fused else {}
     if isinstance(opt, SGD):
         return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov,
-                               weight_decay=opt.weight_decay)
+                               weight_decay=opt.weight_decay, **kind)
     if isinstance(opt, AdamW):
         return torch.optim.AdamW(params, lr=opt.lr, betas=(opt.b1, opt.b2), eps=opt.eps,
-                                 weight_decay=opt.weight_decay)
+                                 weight_decay=opt.weight_decay, **kind)
     raise TypeError(f"optimizer must be training.SGD or training.AdamW, got {type(opt).__name__}")
 
 

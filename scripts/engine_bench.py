@@ -29,6 +29,9 @@ def one(kind: str, name: str) -> dict:
     """In the child: one check, its verdict, cost and parameter count."""
     sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
     from parity.check import cost
+    from parity.cli.check import huge_pages_for_torch
+
+    huge_pages_for_torch()  # as `parity check` runs a check
 
     base = cost.rss_bytes()
     t = time.perf_counter()

@@ -201,3 +201,107 @@ def test_a_check_kept_in_memory_gives_the_numbers_it_gives_on_disk(monkeypatch):
     assert "GiB in memory: the disk had no room" in in_memory.settings["float64 reference held"]
     assert [dataclasses.asdict(v) for v in in_memory.verdicts] == [dataclasses.asdict(v) for v in on_disk.verdicts]
     assert in_memory.layers == on_disk.layers and in_memory.passed and on_disk.passed
+
+
+@pytest.mark.parametrize("layout, shape", [
+    ("copy", (7, 5)), ("linear", (9, 6)), ("conv", (6, 4, 3, 3)), ("conv1d", (5, 2, 3)),
+    ("linear_chw", (6, 4 * 3 * 2)), ("conv_transpose", (4, 6, 3, 3)), ("permute", (4, 1, 1))])
+def test_torch_rows_are_the_rows_of_the_whole_move(layout, shape):
+    """``Layout.torch_rows``: rows s:e of a Flax tensor in torch's layout, read from the slice that holds
+    them, equal to the same rows of the whole move (None where rows are spread otherwise)."""
+    from parity.convert.rules import Layout
+
+    kind = "conv" if layout == "conv1d" else layout
+    lay = Layout(kind, chw=(4, 3, 2) if kind == "linear_chw" else None,
+                 axes=(1, 2, 0) if kind == "permute" else None)
+    flax = lay.flax_copy(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+    whole = lay.torch_copy(flax, np.float64)
+    for s, e in [(0, 1), (1, 4), (3, shape[0]), (0, shape[0])]:
+        rows = lay.torch_rows(flax, s, e, np.float64)
+        if kind in ("conv_transpose", "permute"):
+            assert rows is None
+            continue
+        assert rows.dtype == np.float64 and rows.flags.c_contiguous
+        np.testing.assert_array_equal(rows, whole[s:e])
+
+
+def test_large_tensors_are_compared_in_row_blocks_with_the_numbers_of_whole_ones(monkeypatch):
+    """A runner's tensor larger than ``BLOCK_BYTES`` is read and compared in row blocks
+    (``LiveTensors.rows``), never whole: the same max errors bit for bit, the same distance to rounding
+    of its sum; a block of the wrong shape falls back to the whole tensor (and its inf)."""
+    monkeypatch.setattr(statistics, "BLOCK_BYTES", 800)  # 100 float64s: a 30 x 20 tensor in 6 blocks
+    rng = np.random.default_rng(1)
+    live = {"w": rng.standard_normal((30, 20)), "v": rng.standard_normal((3, 2)), "s": np.array([2.0])}
+    ref = reference.StoredTensors()
+    for k, v in live.items():
+        ref.add(k, v + 1e-3 * rng.standard_normal(v.shape), None)
+    whole, blocks = [], []
+
+    def fetch(k):
+        whole.append(k)
+        return live[k].copy()
+
+    def rows(k, s, e):
+        blocks.append((k, s, e))
+        return live[k][s:e].copy()
+
+    t = runners.LiveTensors(live, fetch, rows)
+    plain = {k: v.copy() for k, v in live.items()}
+    want_struct, want_dist = statistics.struct_errors(plain, ref), statistics.distance(plain, ref)
+    assert statistics.struct_errors(t, ref) == want_struct
+    assert "w" not in whole and [b for b in blocks if b[0] == "w"] == [("w", s, s + 5) for s in range(0, 30, 5)]
+    whole.clear(), blocks.clear()
+    assert statistics.distance(t, ref) == pytest.approx(want_dist, rel=1e-13)
+    assert "w" not in whole and len(blocks) == 6 and sorted(whole) == ["s", "v"]
+    np.testing.assert_array_equal(live["w"], plain["w"])  # the live tensor untouched
+    # the stored sum of squares is the one a distance took from the tensor itself
+    assert ref.sumsq("w") == float(np.vdot(np.asarray(ref["w"]), np.asarray(ref["w"])))
+
+    wrong = runners.LiveTensors({"w": live["w"][:, :10]}, lambda k: live["w"][:, :10].copy(),
+                                lambda k, s, e: live["w"][s:e, :10].copy())
+    assert statistics.distance(wrong, {"w": ref["w"]}) == float("inf")
+    assert statistics.struct_errors(wrong, {"w": np.asarray(ref["w"])})["w"] == float("inf")
+
+
+def test_the_check_steps_torch_with_its_fused_optimizers_as_the_default_ones():
+    """``torch_optimizer(fused=True)`` (the check's): torch's fused kernels, and the same trajectory as
+    torch's default implementation to rounding (float64: 1e-14 after 5 steps)."""
+    import torch
+
+    from parity import training
+
+    for opt in (training.SGD(lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4),
+                training.AdamW(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2)):
+        g = torch.Generator().manual_seed(0)
+        start = torch.randn(50, 40, generator=g, dtype=torch.float64)
+        grads = [torch.randn(50, 40, generator=g, dtype=torch.float64) for _ in range(5)]
+        ends = []
+        for fused in (False, True):
+            p = torch.nn.Parameter(start.clone())
+            o = training.torch_optimizer(opt, [p], fused=fused)
+            assert o.defaults.get("fused") is (True if fused else None)
+            for gr in grads:
+                p.grad = gr.clone()
+                o.step()
+            ends.append(p.detach())
+        assert not torch.equal(ends[1], start)
+        torch.testing.assert_close(ends[1], ends[0], rtol=1e-14, atol=1e-14)
+
+
+def test_parity_check_asks_torch_for_huge_pages_unless_told_otherwise():
+    """``parity check`` sets torch's own ``THP_MEM_ALLOC_ENABLE=1`` before torch loads; a user's value
+    stands, and once torch is loaded nothing is set (it would no longer apply)."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys\n{pre}from parity.cli.check import huge_pages_for_torch\n"
+            "huge_pages_for_torch(); print(os.environ.get('THP_MEM_ALLOC_ENABLE'))")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+
+    def value(pre="", **extra):
+        return subprocess.run([sys.executable, "-c", code.format(pre=pre)], env={**env, **extra},
+                              capture_output=True, text=True, timeout=120, check=True).stdout.strip()
+
+    assert value() == "1"
+    assert value(THP_MEM_ALLOC_ENABLE="0") == "0"
+    assert value(pre="sys.modules['torch'] = object()\n") == "None"

@@ -90,7 +90,9 @@ def _judged(pair: Pair, cfg: Config, w64: Mapping[str, torch.Tensor], batches: l
                        "chaos runs": len(chaos), "tolerance": dataclasses.asdict(cfg.tolerance),
                        "struct_rtol": STRUCT_RTOL,
                        "flax execution": "jax.jit" if cfg.jits else "op by op (no jax.jit: docs/parity.md, Cost tiers)",
-                       "float64 reference held": _held(t64, w64)}
+                       "float64 reference held": _held(t64, w64),
+                       "torch optimizers": "fused (torch's one-pass kernels)",
+                       "torch huge pages": _torch_huge_pages()}
     return result
 
 
@@ -98,6 +100,13 @@ def _held(t64: Reference, w64: Mapping[str, Any]) -> str:
     """Where the float64 reference and start were kept (docs/parity.md, "What a check holds")."""
     ram = t64.held_in_memory + getattr(w64, "held_in_memory", 0)
     return "on disk (TMPDIR)" + (f", {ram / 2**30:.2f} GiB in memory: the disk had no room for it" if ram else "")
+
+
+def _torch_huge_pages() -> str:
+    import os
+
+    on = os.environ.get("THP_MEM_ALLOC_ENABLE", "0") not in ("", "0")
+    return "on (THP_MEM_ALLOC_ENABLE)" if on else "off (parity check sets THP_MEM_ALLOC_ENABLE=1: faster, same numbers)"
 
 
 def twin_run(cfg: Config) -> tuple[Pair, Config, OrderedDict, list[Batch]]:

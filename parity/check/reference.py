@@ -36,6 +36,7 @@ class StoredTensors(Mapping):
         self._order: list[str] = []
         self.scale = 0.0
         self.held_in_memory = 0  # bytes that were to go to disk and found no room there
+        self._sumsq: dict[str, float] = {}
 
     def add(self, key: str, value: np.ndarray, path: Path | None) -> None:
         """``value`` under ``key``; written to ``path`` (when given) if it has ``SPILL_BYTES`` or more and
@@ -44,6 +45,8 @@ class StoredTensors(Mapping):
         value = np.asarray(value)
         if value.size:  # max|x| without np.abs's temporary of the whole tensor
             self.scale = max(self.scale, float(np.maximum(value.max(), -value.min())))
+        if np.issubdtype(value.dtype, np.floating):
+            self._sumsq[key] = float(np.vdot(value, value))
         if path is not None and value.nbytes >= SPILL_BYTES:
             if _save(path, value):
                 self._disk[key] = path
@@ -53,6 +56,13 @@ class StoredTensors(Mapping):
             value = np.array(value)
         self._ram[key] = value
         self._order.append(key)
+
+    def sumsq(self, key: str) -> float:
+        """sum(x**2) of one tensor, in float64, taken when it was stored (a distance divides by it)."""
+        if key not in self._sumsq:
+            x = np.asarray(self[key], np.float64)
+            self._sumsq[key] = float(np.vdot(x, x))
+        return self._sumsq[key]
 
     def __getitem__(self, key: str) -> np.ndarray:
         if key in self._ram:

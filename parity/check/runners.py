@@ -35,10 +35,21 @@ class LiveTensors(Mapping):
 
     fresh = True
 
-    def __init__(self, keys: Iterable[str], fetch: Callable[[str], np.ndarray]):
+    def __init__(self, keys: Iterable[str], fetch: Callable[[str], np.ndarray],
+                 rows: Callable[[str, int, int], np.ndarray | None] | None = None):
         self._keys = list(keys)
         self._set = set(self._keys)
         self._fetch = fetch
+        self._rows = rows
+
+    def rows(self, key: str, start: int, stop: int) -> np.ndarray | None:
+        """Rows ``start:stop`` of ``self[key]`` (torch's layout, first axis), fresh, read from that part
+        of the live tensor alone; None where they cannot be (read the tensor whole). A comparison in
+        row blocks holds a few MB, not the whole tensor again: VGG's first classifier weight is 822 MB
+        in float64, and its move from Flax's layout cost a second per read."""
+        if key not in self._set:
+            raise KeyError(key)
+        return self._rows(key, start, stop) if self._rows is not None else None
 
     def __getitem__(self, key: str) -> np.ndarray:
         if key not in self._set:
@@ -57,7 +68,7 @@ class LiveTensors(Mapping):
     def release(self) -> None:
         """Let go of the live run (its reader is done): a finished model must not stay alive through
         the reader's last reference into the next one's run."""
-        self._keys, self._set, self._fetch = [], set(), None
+        self._keys, self._set, self._fetch, self._rows = [], set(), None, None
 
 
 def _once(quantity: str, tensors: LiveTensors) -> Stream:
@@ -89,7 +100,10 @@ def run_torch(pair: Pair, cfg: Config, weights: Start | Mapping[str, torch.Tenso
         return t.detach().to("cpu", torch.float64, copy=True).numpy()
 
     def tensors(live: Mapping[str, torch.Tensor]) -> LiveTensors:
-        return LiveTensors(live, lambda k: np64(live[k]))
+        def rows(k: str, start: int, stop: int) -> np.ndarray | None:
+            t = live[k]
+            return np64(t[start:stop]) if t.dim() >= 1 else None
+        return LiveTensors(live, lambda k: np64(live[k]), rows)
 
     def fresh() -> torch.nn.Module:
         m = pair.torch_module(dtype)
@@ -134,7 +148,9 @@ def run_torch(pair: Pair, cfg: Config, weights: Start | Mapping[str, torch.Tenso
         # the first optimizer trains the eval model itself (eval mode changed nothing in it): one load less
         model = (model if i == 0 else fresh()).train()
         params = dict(model.named_parameters())
-        optimizer = training.torch_optimizer(opt, params.values())
+        # fused: a single-tensor step over a VGG's 133M weights is ~10 passes and temporaries, and
+        # was half of each torch run's time (docs/results.md, "What the parity engine costs")
+        optimizer = training.torch_optimizer(opt, params.values(), fused=True)
         losses = []
         probe = training.probe_loss_torch if pair.loss == "probe" else None
         for step, batch in enumerate(batches if cfg.trajectories else batches[:1]):
@@ -230,7 +246,19 @@ def flax_runner(pair: Pair, cfg: Config, dtype: str, device: str) -> Callable[[S
         def fetch(k: str) -> np.ndarray:
             e = entries[k]
             return e.layout.torch_copy(np.asarray(jax.device_get(flat[e.flax_key])), np.float64)
-        return LiveTensors(entries, fetch)
+
+        host: dict[str, np.ndarray] = {}  # the tensor being read in rows: one device-to-host copy (none on CPU)
+
+        def rows(k: str, start: int, stop: int) -> np.ndarray | None:
+            e = entries[k]
+            if k not in host:
+                host.clear()
+                host[k] = np.asarray(jax.device_get(flat[e.flax_key]))
+            a = host[k]
+            if a.shape != pair.weights.flax_shapes.get(e.flax_key):
+                return None  # a wrong shape: read whole, where the comparison says so
+            return e.layout.torch_rows(a, start, stop, np.float64)
+        return LiveTensors(entries, fetch, rows)
 
     steps: dict = {}
 

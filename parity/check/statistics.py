@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,12 +24,37 @@ def _minus(a: np.ndarray, ref: np.ndarray, scratch: bool) -> np.ndarray:
     return np.subtract(a, ref, dtype=np.float64)
 
 
+# a parameter-sized tensor is compared in blocks of rows of about this size (float64): two blocks held,
+# not two whole tensors, and no layout move of a whole tensor (runners.LiveTensors.rows)
+BLOCK_BYTES = 1 << 24
+
+
+def _pieces(a: Mapping[str, np.ndarray], k: str, ref: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(a's part, ref's part) of key ``k``: row blocks where ``a`` reads them (``rows``) and the tensor
+    is larger than a block, else the whole tensor once."""
+    n = ref.shape[0] if ref.ndim else 0
+    if n > 1 and ref.nbytes > BLOCK_BYTES and hasattr(a, "rows"):
+        step = max(1, BLOCK_BYTES // (ref.nbytes // n))
+        first = a.rows(k, 0, min(step, n))
+        if first is not None and first.shape == ref[:step].shape:
+            yield first, ref[:step]
+            for s in range(step, n, step):
+                yield a.rows(k, s, min(s + step, n)), ref[s:s + step]
+            return
+    yield a[k], ref
+
+
 def _rel(a: np.ndarray, ref: np.ndarray, scale: float, scratch: bool = False) -> float:
     if np.shape(a) != np.shape(ref):
         return float("inf")
     d = _minus(a, ref, scratch)
     np.abs(d, out=d)
     return float(d.max() / scale) if d.size else 0.0
+
+
+def _rel_key(a: Mapping[str, np.ndarray], k: str, ref: np.ndarray, scale: float, scratch: bool) -> float:
+    """max|a[k] - ref| / scale, read in row blocks where ``a`` can (the max of the blocks' maxima)."""
+    return max(_rel(x, r, scale, scratch) for x, r in _pieces(a, k, ref))
 
 
 def _scale(ref: Mapping[str, np.ndarray]) -> float:
@@ -49,7 +74,8 @@ def struct_errors(a: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) ->
     feeding a BatchNorm) is float64 noise, and AdamW divides it by its own size.
     """
     scale, scratch = _scale(ref), _fresh(a)
-    return OrderedDict((k, _rel(a[k], r, scale, scratch) if k in a else float("inf")) for k, r in ref.items())
+    return OrderedDict((k, _rel_key(a, k, np.asarray(r), scale, scratch) if k in a else float("inf"))
+                       for k, r in ref.items())
 
 
 def distance(a: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> float:
@@ -61,15 +87,24 @@ def distance(a: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> floa
     num = den = 0.0
     scratch = _fresh(a)
     for k, r in ref.items():
-        x = a[k] if k in a else None  # read once: a runner's tensor is made at each access
-        if x is None or np.shape(x) != np.shape(r):
+        if k not in a:
             return float("inf")
         r = np.asarray(r, np.float64)
-        d = _minus(x, r, scratch)
-        # vdot, not sum(square()): one temporary less (VGG's classifier is 100M weights)
-        num += float(np.vdot(d, d))
-        den += float(np.vdot(r, r))
+        for x, rp in _pieces(a, k, r):  # each part read once: a runner's tensor is made at each access
+            if np.shape(x) != np.shape(rp):
+                return float("inf")
+            d = _minus(x, rp, scratch)
+            # vdot, not sum(square()): one temporary less
+            num += float(np.vdot(d, d))
+        den += _sumsq(ref, k, r)
     return float(np.sqrt(num / den)) if den > 0 else float(np.sqrt(num))
+
+
+def _sumsq(ref: Mapping[str, np.ndarray], k: str, r: np.ndarray) -> float:
+    """sum(r**2): a stored reference's, kept from when it was stored (one read of it less per run)."""
+    if isinstance(ref, reference.StoredTensors):
+        return ref.sumsq(k)
+    return float(np.vdot(r, r))
 
 
 @dataclass

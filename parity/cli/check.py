@@ -162,7 +162,19 @@ def write_reports(out: Path, args: argparse.Namespace, results: dict[str, Result
     (out / "report.md").write_text("\n".join(md))
 
 
+def huge_pages_for_torch() -> None:
+    """torch's CPU allocator asks for transparent huge pages (torch's own ``THP_MEM_ALLOC_ENABLE``, read
+    once, before torch's first allocation), unless the user set it: a check allocates model-sized
+    tensors at every step, and faulting them in 4 KiB pages cost a VGG's torch runs a quarter of their
+    time (docs/results.md, "What the parity engine costs"). Only where torch is not yet imported."""
+    import os
+
+    if "torch" not in sys.modules:
+        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+
 def run(args: argparse.Namespace) -> int:
+    huge_pages_for_torch()
     try:
         names = models(args)
     except KeyError as e:

@@ -98,6 +98,16 @@ class Layout:
                             order="C").reshape(a.shape[1], c * h * w)
         return np.array(self.to_torch(a), dtype, order="C")
 
+    def torch_rows(self, a: np.ndarray, start: int, stop: int, dtype: Any = None) -> np.ndarray | None:
+        """Rows ``start:stop`` (torch's first axis) of ``torch_copy(a, dtype)``, read from the slice of ``a``
+        that holds them: Flax's last axis for ``linear``, ``linear_chw`` and ``conv``, its first for
+        ``copy``. None for the layouts whose rows are spread otherwise (read those whole)."""
+        if self.kind in ("linear", "linear_chw", "conv") and a.ndim >= 2:
+            return self.torch_copy(a[..., start:stop], dtype)
+        if self.kind == "copy" and a.ndim >= 1:
+            return np.array(a[start:stop], dtype, order="C")
+        return None
+
     def flax_shape(self, shape: Sequence[int]) -> Shape:
         """The Flax shape of a torch tensor of ``shape`` (no data moved)."""
         return tuple(self.to_flax(np.empty(tuple(shape), np.uint8)).shape)
