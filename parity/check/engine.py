@@ -29,7 +29,7 @@ from parity.check.cost import Meter
 from parity.check.judgement import Result, judge, structure_ok
 from parity.check.pairs import Batch, Mode, Pair
 from parity.check.reference import Reference, stored_start
-from parity.check.runners import flax_runner, run_torch
+from parity.check.runners import FUSED_OPTIMIZERS, flax_runner, run_torch
 from parity.check.statistics import reduce
 from parity.check.tolerances import STRUCT_RTOL
 from parity.check.weights import Start, initial_weights, make_batches
@@ -91,7 +91,7 @@ def _judged(pair: Pair, cfg: Config, w64: Mapping[str, torch.Tensor], batches: l
                        "struct_rtol": STRUCT_RTOL,
                        "flax execution": "jax.jit" if cfg.jits else "op by op (no jax.jit: docs/parity.md, Cost tiers)",
                        "float64 reference held": _held(t64, w64),
-                       "torch optimizers": "fused (torch's one-pass kernels)",
+                       "torch optimizers": "fused (one pass per tensor)" if FUSED_OPTIMIZERS else "torch's default",
                        "torch huge pages": _torch_huge_pages()}
     return result
 

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     import torch
 
 Stream = Iterator[tuple[str, Any]]  # (quantity, value) in the order a run computes them
+# torch's runs step with its fused optimizers (training.torch_optimizer): a single-tensor step over a
+# VGG's 133M weights is ~10 passes and temporaries, and was half of each torch run's time
+FUSED_OPTIMIZERS = True
 
 
 class LiveTensors(Mapping):
@@ -148,9 +151,7 @@ def run_torch(pair: Pair, cfg: Config, weights: Start | Mapping[str, torch.Tenso
         # the first optimizer trains the eval model itself (eval mode changed nothing in it): one load less
         model = (model if i == 0 else fresh()).train()
         params = dict(model.named_parameters())
-        # fused: a single-tensor step over a VGG's 133M weights is ~10 passes and temporaries, and
-        # was half of each torch run's time (docs/results.md, "What the parity engine costs")
-        optimizer = training.torch_optimizer(opt, params.values(), fused=True)
+        optimizer = training.torch_optimizer(opt, params.values(), fused=FUSED_OPTIMIZERS)
         losses = []
         probe = training.probe_loss_torch if pair.loss == "probe" else None
         for step, batch in enumerate(batches if cfg.trajectories else batches[:1]):
@@ -243,18 +244,20 @@ def flax_runner(pair: Pair, cfg: Config, dtype: str, device: str) -> Callable[[S
         flat = rules.flatten(tree)
         entries = {e.torch_key: e for e in pair.weights.entries if e.flax_key in flat and e.torch_key in keys}
 
-        def fetch(k: str) -> np.ndarray:
-            e = entries[k]
-            return e.layout.torch_copy(np.asarray(jax.device_get(flat[e.flax_key])), np.float64)
+        host: dict[str, np.ndarray] = {}  # the tensor being read: one device-to-host copy (none on CPU)
 
-        host: dict[str, np.ndarray] = {}  # the tensor being read in rows: one device-to-host copy (none on CPU)
+        def on_host(k: str) -> np.ndarray:
+            if k not in host:
+                host.clear()
+                host[k] = np.asarray(jax.device_get(flat[entries[k].flax_key]))
+            return host[k]
+
+        def fetch(k: str) -> np.ndarray:
+            return entries[k].layout.torch_copy(on_host(k), np.float64)
 
         def rows(k: str, start: int, stop: int) -> np.ndarray | None:
             e = entries[k]
-            if k not in host:
-                host.clear()
-                host[k] = np.asarray(jax.device_get(flat[e.flax_key]))
-            a = host[k]
+            a = on_host(k)
             if a.shape != pair.weights.flax_shapes.get(e.flax_key):
                 return None  # a wrong shape: read whole, where the comparison says so
             return e.layout.torch_rows(a, start, stop, np.float64)
