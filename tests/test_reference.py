@@ -203,26 +203,46 @@ def test_a_check_kept_in_memory_gives_the_numbers_it_gives_on_disk(monkeypatch):
     assert in_memory.layers == on_disk.layers and in_memory.passed and on_disk.passed
 
 
-@pytest.mark.parametrize("layout, shape", [
-    ("copy", (7, 5)), ("linear", (9, 6)), ("conv", (6, 4, 3, 3)), ("conv1d", (5, 2, 3)),
-    ("linear_chw", (6, 4 * 3 * 2)), ("conv_transpose", (4, 6, 3, 3)), ("permute", (4, 1, 1))])
+LAYOUTS = [("copy", (7, 5)), ("linear", (9, 6)), ("conv", (6, 4, 3, 3)), ("conv1d", (5, 2, 3)),
+           ("linear_chw", (6, 4 * 3 * 2)), ("conv_transpose", (4, 6, 3, 3)), ("conv_transpose1d", (4, 6, 3)),
+           ("permute", (4, 1, 1))]
+
+
+def _layout(name: str):
+    from parity.convert.rules import Layout
+
+    kind = name.removesuffix("1d")
+    return Layout(kind, chw=(4, 3, 2) if kind == "linear_chw" else None, axes=(1, 2, 0) if kind == "permute" else None)
+
+
+@pytest.mark.parametrize("layout, shape", LAYOUTS)
 def test_torch_rows_are_the_rows_of_the_whole_move(layout, shape):
     """``Layout.torch_rows``: rows s:e of a Flax tensor in torch's layout, read from the slice that holds
     them, equal to the same rows of the whole move (None where rows are spread otherwise)."""
-    from parity.convert.rules import Layout
-
-    kind = "conv" if layout == "conv1d" else layout
-    lay = Layout(kind, chw=(4, 3, 2) if kind == "linear_chw" else None,
-                 axes=(1, 2, 0) if kind == "permute" else None)
+    lay = _layout(layout)
     flax = lay.flax_copy(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
     whole = lay.torch_copy(flax, np.float64)
     for s, e in [(0, 1), (1, 4), (3, shape[0]), (0, shape[0])]:
         rows = lay.torch_rows(flax, s, e, np.float64)
-        if kind in ("conv_transpose", "permute"):
+        if lay.kind in ("conv_transpose", "permute"):
             assert rows is None
             continue
         assert rows.dtype == np.float64 and rows.flags.c_contiguous
         np.testing.assert_array_equal(rows, whole[s:e])
+
+
+@pytest.mark.parametrize("layout, shape", LAYOUTS)
+def test_each_layouts_moves_undo_each_other(layout, shape):
+    """``Layout.flax_copy`` then ``torch_copy`` (one permutation each way, ``Layout.moved``) gives the
+    torch tensor back, element for element and shape for shape, and ``to_flax`` is ``flax_copy``."""
+    lay = _layout(layout)
+    torch_side = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    flax_side = lay.flax_copy(torch_side)
+    assert lay.kind in ("copy", "permute") or not np.array_equal(lay.torch_copy(flax_side).ravel(), flax_side.ravel())
+    assert flax_side.flags.c_contiguous and flax_side.shape == lay.flax_shape(shape)
+    np.testing.assert_array_equal(lay.to_flax(torch_side), flax_side)
+    np.testing.assert_array_equal(lay.torch_copy(flax_side), torch_side)
+    np.testing.assert_array_equal(lay.to_torch(flax_side), torch_side)
 
 
 def test_large_tensors_are_compared_in_row_blocks_with_the_numbers_of_whole_ones(monkeypatch):

@@ -103,13 +103,12 @@ def describe(cost: dict) -> str:
 # The estimate's constants, fitted (`python scripts/engine_bench.py --fit DIR/engine.json`) to the default
 # checks of vgg11_bn, wide_resnet50_2 and resnet50 (time) and of those and an 81M transformer pair through
 # check_pair (memory) on a 2-core x86 machine (docs/results.md, "What the parity engine costs"). Time per
-# training step of one run: per training FLOP and per parameter tensor (torch's optimizers and the
-# comparisons loop over tensors; fitted to zero in float32 beside the FLOP term).
-SECONDS_PER_FLOP = {"fp64": 3.5e-10, "fp32": 1.5e-10}
-SECONDS_PER_TENSOR = {"fp64": 6.5e-4, "fp32": 0.0}
-# memory: refitted to wide_resnet50_2, vgg11_bn and the 81M pair with the start held on disk
-BASE_BYTES = 2.36 * 2**30  # imports, compiled programs, one batch's activations, the allocator's slack
-PEAK_BYTES_PER_PARAM = 32.0  # above it, with or without trajectories (docs/parity.md, "What a check holds")
+# training step of one run: per training FLOP and per parameter tensor (the comparisons, the layout moves
+# and the optimizers' steps go tensor by tensor).
+SECONDS_PER_FLOP = {"fp64": 1.9e-10, "fp32": 1.0e-10}
+SECONDS_PER_TENSOR = {"fp64": 7.7e-3, "fp32": 1.2e-3}
+BASE_BYTES = 2.15 * 2**30  # imports, compiled programs, one batch's activations, the allocator's slack
+PEAK_BYTES_PER_PARAM = 24.0  # above it, with or without trajectories (docs/parity.md, "What a check holds")
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ class Estimate:
 
     def describe(self) -> str:
         return (f"estimate: about {self.seconds / 60:.0f} min, peak about {self.peak_bytes / 2.0**30:.1f} GiB "
-                "resident (fitted to three twins of 25-133M parameters on a 2-core x86 machine; rough "
+                "resident (fitted to three twins and a pair of 26-133M parameters on a 2-core x86 machine; rough "
                 "elsewhere: docs/parity.md, 'What a check costs')")
 
 

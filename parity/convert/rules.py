@@ -47,56 +47,49 @@ class Layout:
     chw: tuple[int, int, int] | None = None
     axes: tuple[int, ...] | None = None
 
-    def to_flax(self, a: np.ndarray) -> np.ndarray:
+    def moved(self, a: np.ndarray, to_torch: bool) -> np.ndarray:
+        """``a`` moved to torch's layout (or Flax's) as one permutation of its axes, a view, short of the
+        last reshape (``reshaped``: ``linear_chw``'s 4-D view; the others need none): a copy of it is
+        the move in one pass."""
         nd = a.ndim
         if self.kind == "conv":
-            return a.transpose(*range(2, nd), 1, 0)
+            return a.transpose(nd - 1, nd - 2, *range(nd - 2)) if to_torch else a.transpose(*range(2, nd), 1, 0)
         if self.kind == "conv_transpose":
-            return np.flip(a, axis=tuple(range(2, nd))).transpose(*range(2, nd), 0, 1)
+            return (_flip_space(a.transpose(nd - 2, nd - 1, *range(nd - 2))) if to_torch
+                    else _flip_space(a).transpose(*range(2, nd), 0, 1))
         if self.kind == "linear":
             return a.T
         if self.kind == "linear_chw":
             c, h, w = self.chw
-            return a.reshape(a.shape[0], c, h, w).transpose(2, 3, 1, 0).reshape(h * w * c, a.shape[0])
+            return (a.reshape(h, w, c, a.shape[1]).transpose(3, 2, 0, 1) if to_torch
+                    else a.reshape(a.shape[0], c, h, w).transpose(2, 3, 1, 0))
         if self.kind == "counter":
-            return a.astype(np.int32)
+            return a.astype(np.int64 if to_torch else np.int32)
         if self.kind == "permute":
-            return a.transpose(self.axes)
+            return a.transpose(tuple(int(i) for i in np.argsort(self.axes)) if to_torch else self.axes)
         return a
+
+    def reshaped(self, moved: np.ndarray, to_torch: bool) -> np.ndarray:
+        """``moved(a, to_torch)`` in its layout's shape: ``linear_chw``'s 4-D view as the 2-D kernel."""
+        if self.kind != "linear_chw":
+            return moved
+        return moved.reshape(moved.shape[0], -1) if to_torch else moved.reshape(-1, moved.shape[-1])
+
+    def to_flax(self, a: np.ndarray) -> np.ndarray:
+        return self.reshaped(self.moved(a, False), False)
 
     def to_torch(self, a: np.ndarray) -> np.ndarray:
-        nd = a.ndim
-        if self.kind == "conv":
-            return a.transpose(nd - 1, nd - 2, *range(nd - 2))
-        if self.kind == "conv_transpose":
-            return np.flip(a.transpose(nd - 2, nd - 1, *range(nd - 2)), axis=tuple(range(2, nd)))
-        if self.kind == "linear":
-            return a.T
-        if self.kind == "linear_chw":
-            c, h, w = self.chw
-            return a.reshape(h, w, c, a.shape[1]).transpose(3, 2, 0, 1).reshape(a.shape[1], c * h * w)
-        if self.kind == "counter":
-            return a.astype(np.int64)
-        if self.kind == "permute":
-            return a.transpose(np.argsort(self.axes))
-        return a
+        return self.reshaped(self.moved(a, True), True)
 
     def flax_copy(self, a: np.ndarray, dtype: Any = None) -> np.ndarray:
-        """A fresh C-contiguous array in Flax's layout (in ``dtype``), written in one pass over ``a``."""
-        if self.kind == "linear_chw":  # the permuted view, copied once: reshaping it first would copy twice
-            c, h, w = self.chw
-            return np.array(a.reshape(a.shape[0], c, h, w).transpose(2, 3, 1, 0), dtype,
-                            order="C").reshape(h * w * c, a.shape[0])
+        """A fresh C-contiguous array in Flax's layout (in ``dtype``), written in one pass over ``a``
+        (the permuted view copied, then reshaped: ``linear_chw`` reshaped first would copy twice)."""
         # np.array, not ascontiguousarray: that would make a 0-d counter 1-d
-        return np.array(self.to_flax(a), dtype, order="C")
+        return self.reshaped(np.array(self.moved(a, False), dtype, order="C"), False)
 
     def torch_copy(self, a: np.ndarray, dtype: Any = None) -> np.ndarray:
         """A fresh C-contiguous array in torch's layout (in ``dtype``), written in one pass over ``a``."""
-        if self.kind == "linear_chw":
-            c, h, w = self.chw
-            return np.array(a.reshape(h, w, c, a.shape[1]).transpose(3, 2, 0, 1), dtype,
-                            order="C").reshape(a.shape[1], c * h * w)
-        return np.array(self.to_torch(a), dtype, order="C")
+        return self.reshaped(np.array(self.moved(a, True), dtype, order="C"), True)
 
     def torch_rows(self, a: np.ndarray, start: int, stop: int, dtype: Any = None) -> np.ndarray | None:
         """Rows ``start:stop`` (torch's first axis) of ``torch_copy(a, dtype)``, read from the slice of ``a``
@@ -111,6 +104,11 @@ class Layout:
     def flax_shape(self, shape: Sequence[int]) -> Shape:
         """The Flax shape of a torch tensor of ``shape`` (no data moved)."""
         return tuple(self.to_flax(np.empty(tuple(shape), np.uint8)).shape)
+
+
+def _flip_space(a: np.ndarray) -> np.ndarray:
+    """``a`` reversed along its spatial axes (2 on), a view."""
+    return np.flip(a, axis=tuple(range(2, a.ndim)))
 
 
 COPY, CONV, CONV_TRANSPOSE, LINEAR, COUNTER = (Layout(k) for k in ("copy", "conv", "conv_transpose", "linear",
