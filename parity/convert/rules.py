@@ -14,6 +14,7 @@ Module paths match when they are equal after Linen's list naming (``blocks_0``) 
 
 from __future__ import annotations
 
+import math
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -73,7 +74,9 @@ class Layout:
         """``moved(a, to_torch)`` in its layout's shape: ``linear_chw``'s 4-D view as the 2-D kernel."""
         if self.kind != "linear_chw":
             return moved
-        return moved.reshape(moved.shape[0], -1) if to_torch else moved.reshape(-1, moved.shape[-1])
+        # the sizes spelled out, not -1: a tensor with a zero-sized axis cannot infer one
+        return (moved.reshape(moved.shape[0], math.prod(moved.shape[1:])) if to_torch
+                else moved.reshape(math.prod(moved.shape[:-1]), moved.shape[-1]))
 
     def to_flax(self, a: np.ndarray) -> np.ndarray:
         return self.reshaped(self.moved(a, False), False)
