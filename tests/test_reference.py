@@ -8,6 +8,7 @@ import gc
 import glob
 import os
 import tempfile
+import warnings
 import weakref
 
 import numpy as np
@@ -244,6 +245,57 @@ def test_each_layouts_moves_undo_each_other(layout, shape):
     np.testing.assert_array_equal(lay.to_flax(torch_side), flax_side)
     np.testing.assert_array_equal(lay.torch_copy(flax_side), torch_side)
     np.testing.assert_array_equal(lay.to_torch(flax_side), torch_side)
+
+
+@pytest.mark.parametrize("layout, shape", LAYOUTS)
+def test_torch_and_numpy_write_each_layouts_moves_alike(layout, shape, monkeypatch):
+    """Large tensors are moved by torch's copy (``rules._written``), small ones by numpy's: every layout's
+    moves both ways, its row reads, and the float64 -> float32 cast the same to the last bit on both."""
+    from parity.convert import rules
+
+    lay = _layout(layout)
+    torch_side = np.random.default_rng(2).standard_normal(shape)  # float64: its cast to float32 rounds
+    flax_side = lay.flax_copy(torch_side, np.float32)
+
+    def moves():
+        return [lay.flax_copy(torch_side), lay.flax_copy(torch_side, np.float32), lay.torch_copy(flax_side),
+                lay.torch_copy(flax_side, np.float64)] + [lay.torch_rows(flax_side, s, e, np.float64)
+                                                          for s, e in [(0, 1), (1, shape[0])]]
+    by_numpy = moves()
+    calls = []
+    real = rules._written
+    monkeypatch.setattr(rules, "_TORCH_COPY_MIN", 0)
+    monkeypatch.setattr(rules, "_written", lambda v, d: calls.append(v.size) or real(v, d))
+    by_torch = moves()
+    assert calls  # the moves went through the copy that now takes torch's path
+    for n, t in zip(by_numpy, by_torch, strict=True):
+        assert (n is None) == (t is None)
+        if n is not None:
+            assert n.dtype == t.dtype and n.shape == t.shape and t.flags.c_contiguous
+            np.testing.assert_array_equal(n, t)
+
+
+def test_the_torch_copy_is_taken_for_large_tensors_and_read_only_ones(monkeypatch):
+    """A tensor of ``_TORCH_COPY_MIN`` elements or more, even read-only (a memory-mapped reference), is
+    written by torch, silently, and equals numpy's copy; a flipped view (negative strides) and a small
+    tensor stay with numpy."""
+    import torch
+
+    from parity.convert import rules
+
+    read = []
+    real = torch.from_numpy
+    monkeypatch.setattr(torch, "from_numpy", lambda x: read.append(x.shape) or real(x))
+    a = np.arange(rules._TORCH_COPY_MIN, dtype=np.float64).reshape(1024, -1) + 0.1
+    a.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = rules._written(a.T, np.float32)
+    assert read == [a.T.shape, a.T.shape]  # the output and the view, both through torch
+    np.testing.assert_array_equal(out, np.array(a.T, np.float32))
+    np.testing.assert_array_equal(rules._written(a[::-1], None), a[::-1])
+    np.testing.assert_array_equal(rules._written(a[:2, :3].T, None), a[:2, :3].T)
+    assert len(read) == 2
 
 
 def test_large_tensors_are_compared_in_row_blocks_with_the_numbers_of_whole_ones(monkeypatch):

@@ -232,10 +232,10 @@ def flax_runner(pair: Pair, cfg: Config, dtype: str, device: str) -> Callable[[S
         flat = {}
         for k, v in weights_of(weights).items():
             if k in pair.weights.by_torch:
+                # moved and cast in one pass (torch's copy for the large ones: rules._written)
                 (fkey, a), = rules.flatten(pair.weights.to_flax({k: v.detach().cpu().numpy() if hasattr(v, "detach")
-                                                                 else np.asarray(v)}, keys=[k])).items()
-                flat[fkey] = jax.device_put(jnp.asarray(a, fdtype) if np.issubdtype(a.dtype, np.floating)
-                                            else jnp.asarray(a), dev)
+                                                                 else np.asarray(v)}, keys=[k], dtype=fdtype)).items()
+                flat[fkey] = jax.device_put(jnp.asarray(a), dev)
                 del a
         return rules.unflatten(flat)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -87,19 +88,19 @@ class Layout:
     def flax_copy(self, a: np.ndarray, dtype: Any = None) -> np.ndarray:
         """A fresh C-contiguous array in Flax's layout (in ``dtype``), written in one pass over ``a``
         (the permuted view copied, then reshaped: ``linear_chw`` reshaped first would copy twice)."""
-        # np.array, not ascontiguousarray: that would make a 0-d counter 1-d
-        return self.reshaped(np.array(self.moved(a, False), dtype, order="C"), False)
+        return self.reshaped(_written(self.moved(a, False), dtype), False)
 
     def torch_copy(self, a: np.ndarray, dtype: Any = None) -> np.ndarray:
         """A fresh C-contiguous array in torch's layout (in ``dtype``), written in one pass over ``a``."""
-        return self.reshaped(np.array(self.moved(a, True), dtype, order="C"), True)
+        return self.reshaped(_written(self.moved(a, True), dtype), True)
 
     def torch_rows(self, a: np.ndarray, start: int, stop: int, dtype: Any = None) -> np.ndarray | None:
         """Rows ``start:stop`` (torch's first axis) of ``torch_copy(a, dtype)``, read from the slice of ``a``
         that holds them: Flax's last axis for ``linear``, ``linear_chw`` and ``conv``, its first for
         ``copy``. None for the layouts whose rows are spread otherwise (read those whole)."""
         if self.kind in ("linear", "linear_chw", "conv") and a.ndim >= 2:
-            return self.torch_copy(a[..., start:stop], dtype)
+            # the slice gathered first, then moved: a permuted copy of a strided slice is twice as slow
+            return self.torch_copy(_written(a[..., start:stop], None), dtype)
         if self.kind == "copy" and a.ndim >= 1:
             return np.array(a[start:stop], dtype, order="C")
         return None
@@ -107,6 +108,30 @@ class Layout:
     def flax_shape(self, shape: Sequence[int]) -> Shape:
         """The Flax shape of a torch tensor of ``shape`` (no data moved)."""
         return tuple(self.to_flax(np.empty(tuple(shape), np.uint8)).shape)
+
+
+# torch copies these between each other (numpy's bfloat16 and the rest stay with numpy)
+_TORCH_COPIES = tuple(np.dtype(t) for t in (np.float16, np.float32, np.float64, np.int32, np.int64))
+_TORCH_COPY_MIN = 1 << 20  # elements: below it numpy's copy costs less than torch's start
+
+
+def _written(view: np.ndarray, dtype: Any) -> np.ndarray:
+    """``view`` written C-contiguous (in ``dtype``): by torch's copy where it can, which is blocked and
+    threaded (numpy's permuted copy is neither: a VGG classifier weight's move took 3x as long), else
+    numpy's. The same values either way: a permutation and an IEEE cast."""
+    out_dtype = view.dtype if dtype is None else np.dtype(dtype)
+    if (view.size < _TORCH_COPY_MIN or view.dtype not in _TORCH_COPIES or out_dtype not in _TORCH_COPIES
+            or any(s < 0 for s in view.strides) or not view.dtype.isnative):
+        # np.array, not ascontiguousarray: that would make a 0-d counter 1-d
+        return np.array(view, out_dtype, order="C")
+    import torch  # here, not at the top: the converter stays torch-free for small tensors
+
+    out = np.empty(view.shape, out_dtype)
+    with warnings.catch_warnings():
+        # a read-only view (a memory-mapped file) is only read here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        torch.from_numpy(out).copy_(torch.from_numpy(view))
+    return out
 
 
 def _flip_space(a: np.ndarray) -> np.ndarray:
@@ -276,11 +301,16 @@ class WeightMap:
     def flax_path(self, torch_key: str) -> str:
         return "/".join(self.by_torch[torch_key].flax_key)
 
-    def to_flax(self, state_dict: Mapping[str, Any], keys: Sequence[str] | None = None) -> dict[str, Any]:
+    def to_flax(self, state_dict: Mapping[str, Any], keys: Sequence[str] | None = None,
+                dtype: Any = None) -> dict[str, Any]:
         """Flax variables (nested dicts of numpy arrays, C-contiguous copies) from torch-layout arrays;
-        ``keys``: only those torch keys."""
+        ``keys``: only those torch keys; ``dtype``: the floating arrays cast to it in the same pass."""
         chosen = self.entries if keys is None else [self.by_torch[k] for k in keys]
-        return unflatten({e.flax_key: e.layout.flax_copy(np.asarray(state_dict[e.torch_key])) for e in chosen})
+
+        def moved(e: Entry) -> np.ndarray:
+            a = np.asarray(state_dict[e.torch_key])
+            return e.layout.flax_copy(a, dtype if dtype is not None and np.issubdtype(a.dtype, np.floating) else None)
+        return unflatten({e.flax_key: moved(e) for e in chosen})
 
     def to_json(self) -> dict:
         """The map as data (a port saves it beside its weights; ``from_json`` reads it back)."""
