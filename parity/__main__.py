@@ -6,6 +6,10 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] == ["check"]:  # this process's own command line: it may run itself again
+        from parity.cli.check import huge_pages_for_malloc
+
+        huge_pages_for_malloc()
     from parity import cli
 
     return cli.main(argv)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
@@ -127,6 +128,8 @@ def main() -> int:
     ap.add_argument("--transformer", default="81M", help=f"transformer pairs: {', '.join(TRANSFORMERS)} ('' for none)")
     ap.add_argument("--out", type=Path, default=Path("engine_bench"))
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per check")
+    ap.add_argument("--no-malloc-huge-pages", action="store_true",
+                    help="run the checks without GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (an A/B of that setting)")
     ap.add_argument("--one", nargs=2, metavar=("KIND", "NAME"), help=argparse.SUPPRESS)
     ap.add_argument("--fit", type=Path, metavar="ENGINE_JSON",
                     help="print parity.check.cost's constants refitted to a bench's engine.json, and exit")
@@ -145,11 +148,16 @@ def main() -> int:
         print(f"error: unknown transformer size {unknown[0]!r}; known: {', '.join(TRANSFORMERS)}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
+    sys.path[:0] = [str(ROOT)]
+    from parity.cli.check import malloc_huge_pages_env
+
+    # each child as `parity check` runs a check: malloc's huge pages are set before it starts
+    env = malloc_huge_pages_env(dict(os.environ)) if not args.no_malloc_huge_pages else None
     rows = []
     for kind, name in jobs:
         try:
             proc = subprocess.run([sys.executable, __file__, "--one", kind, name], capture_output=True, text=True,
-                                  timeout=args.timeout, cwd=ROOT)
+                                  timeout=args.timeout, cwd=ROOT, env=env)
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             rows.append(json.loads(lines[-1][7:]) if proc.returncode == 0 and lines else
                         {"name": name, "error": f"exit {proc.returncode}: {proc.stderr[-300:]!r}"})

@@ -378,3 +378,81 @@ def test_parity_check_asks_torch_for_huge_pages_unless_told_otherwise():
     assert value() == "1"
     assert value(THP_MEM_ALLOC_ENABLE="0") == "0"
     assert value(pre="sys.modules['torch'] = object()\n") == "None"
+
+
+def test_parity_check_asks_malloc_for_huge_pages_unless_told_otherwise(monkeypatch, tmp_path):
+    """``parity check`` adds ``glibc.malloc.hugetlb=1`` to ``GLIBC_TUNABLES`` (kept: a user's other
+    tunables), once; a user's own hugetlb value stands; nothing where glibc is older than 2.35 or the
+    kernel gives no transparent huge pages."""
+    from parity.cli import check as cli_check
+
+    thp = tmp_path / "enabled"
+    thp.write_text("always [madvise] never\n")
+    monkeypatch.setattr(cli_check, "THP_ENABLED", thp)
+    monkeypatch.setattr(cli_check, "_glibc_at_least", lambda major, minor: True)
+    env = cli_check.malloc_huge_pages_env
+    assert env({"A": "1"}) == {"A": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", "PARITY_CHECK_MALLOC_REEXEC": "1"}
+    assert env({"GLIBC_TUNABLES": "glibc.pthread.rseq=0"})["GLIBC_TUNABLES"] == \
+        "glibc.pthread.rseq=0:glibc.malloc.hugetlb=1"
+    assert env({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}) is None
+    assert env({"PARITY_CHECK_MALLOC_REEXEC": "1"}) is None  # the second run: no third
+    thp.write_text("always madvise [never]\n")
+    assert env({}) is None
+    thp.unlink()
+    assert env({}) is None
+    thp.write_text("[always] madvise never\n")
+    monkeypatch.setattr(cli_check, "_glibc_at_least", lambda major, minor: False)
+    assert env({}) is None
+
+
+def test_glibc_version_is_read_not_assumed(monkeypatch):
+    from parity.cli import check as cli_check
+
+    for text, ok in (("glibc 2.36", True), ("glibc 2.35", True), ("glibc 2.34", False), ("glibc 3.0", True),
+                     ("musl 1.2", False)):
+        monkeypatch.setattr(os, "confstr", lambda name, text=text: text, raising=False)
+        assert cli_check._glibc_at_least(2, 35) is ok, text
+    monkeypatch.delattr(os, "confstr", raising=False)
+    assert cli_check._glibc_at_least(2, 35) is False
+
+
+def test_parity_check_runs_itself_again_with_malloc_huge_pages(tmp_path, monkeypatch):
+    """End to end: ``python -m parity check`` starts, runs itself again (the same command line) with the
+    tunable, and only once; the report's settings say so. A ``sitecustomize`` prints each start's
+    ``GLIBC_TUNABLES``."""
+    import subprocess
+    import sys
+
+    from parity.check import engine
+    from parity.cli.check import malloc_huge_pages_env
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "PARITY_CHECK_MALLOC_REEXEC")}
+    if malloc_huge_pages_env(clean) is None:
+        pytest.skip("this machine's glibc or kernel gives malloc no huge pages")
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, sys\nprint('START', os.environ.get('GLIBC_TUNABLES', '-'), file=sys.stderr)\n")
+    path = os.pathsep.join([str(tmp_path), *filter(None, [clean.get("PYTHONPATH")])])
+    proc = subprocess.run([sys.executable, "-m", "parity", "check", "--models", "resnet20", "--estimate"],
+                          env={**clean, "PYTHONPATH": path}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    starts = [ln for ln in proc.stderr.splitlines() if ln.startswith("START")]
+    assert starts == ["START -", "START glibc.malloc.hugetlb=1"], proc.stderr[-2000:]
+    assert "resnet20: estimate" in proc.stdout
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+    assert engine._malloc_huge_pages().startswith("on")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")
+    assert engine._malloc_huge_pages().startswith("off")
+
+
+def test_parity_main_called_by_a_program_never_runs_itself_again(monkeypatch, capsys):
+    """``main(argv)`` from a caller's process (a test, a notebook) must not replace that process."""
+    import parity.__main__ as entry
+
+    def refuse(*a, **k):
+        raise AssertionError("os.execve called from main(argv)")
+
+    monkeypatch.setattr(os, "execve", refuse)
+    monkeypatch.delenv("PARITY_CHECK_MALLOC_REEXEC", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    assert entry.main(["check", "--models", "resnet20", "--estimate"]) == 0
+    assert "resnet20: estimate" in capsys.readouterr().out

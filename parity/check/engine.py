@@ -92,7 +92,7 @@ def _judged(pair: Pair, cfg: Config, w64: Mapping[str, torch.Tensor], batches: l
                        "flax execution": "jax.jit" if cfg.jits else "op by op (no jax.jit: docs/parity.md, Cost tiers)",
                        "float64 reference held": _held(t64, w64),
                        "torch optimizers": "fused (one pass per tensor)" if FUSED_OPTIMIZERS else "torch's default",
-                       "torch huge pages": _torch_huge_pages()}
+                       "torch huge pages": _torch_huge_pages(), "malloc huge pages": _malloc_huge_pages()}
     return result
 
 
@@ -107,6 +107,15 @@ def _torch_huge_pages() -> str:
 
     on = os.environ.get("THP_MEM_ALLOC_ENABLE", "0") not in ("", "0")
     return "on (THP_MEM_ALLOC_ENABLE)" if on else "off (parity check sets THP_MEM_ALLOC_ENABLE=1: faster, same numbers)"
+
+
+def _malloc_huge_pages() -> str:
+    import os
+
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.hugetlb=1" in tunables:
+        return "on (GLIBC_TUNABLES glibc.malloc.hugetlb=1: XLA's and numpy's buffers)"
+    return "off (parity check sets GLIBC_TUNABLES=glibc.malloc.hugetlb=1 where glibc has it: faster, same numbers)"
 
 
 def twin_run(cfg: Config) -> tuple[Pair, Config, OrderedDict, list[Batch]]:

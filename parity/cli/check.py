@@ -173,6 +173,55 @@ def huge_pages_for_torch() -> None:
         os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
+# glibc's malloc (XLA's buffers, numpy's arrays) asks for transparent huge pages (glibc 2.35+): read once,
+# at process start, so ``parity check`` runs itself again with it set (huge_pages_for_malloc)
+MALLOC_HUGE_PAGES = "glibc.malloc.hugetlb=1"
+_REEXEC_MARK = "PARITY_CHECK_MALLOC_REEXEC"  # set in the second run: one exec at most, whatever glibc did
+THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")  # "[never]": the kernel gives none
+
+
+def malloc_huge_pages_env(environ: dict[str, str]) -> dict[str, str] | None:
+    """``environ`` with ``MALLOC_HUGE_PAGES`` added to ``GLIBC_TUNABLES``, or None where it would not apply:
+    not glibc 2.35+, no transparent huge pages, a user's ``glibc.malloc.hugetlb`` (theirs stands; ``=0``
+    turns it off), or already run again once. A VGG's Flax float32 runs faulted 4 million 4 KiB pages
+    each, a quarter of their time (docs/results.md, "What the parity engine costs"); the numbers are
+    the same."""
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    if environ.get(_REEXEC_MARK) or "glibc.malloc.hugetlb" in tunables or not _glibc_at_least(2, 35):
+        return None
+    try:
+        if "[never]" in THP_ENABLED.read_text():
+            return None
+    except OSError:
+        return None
+    return {**environ, "GLIBC_TUNABLES": f"{tunables}:{MALLOC_HUGE_PAGES}" if tunables else MALLOC_HUGE_PAGES,
+            _REEXEC_MARK: "1"}
+
+
+def _glibc_at_least(major: int, minor: int) -> bool:
+    import os
+
+    try:
+        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()  # "glibc 2.36"
+        have = tuple(int(x) for x in version.split(".")[:2])
+    except (AttributeError, ValueError, OSError):  # not glibc, or no confstr (macOS, Windows, musl)
+        return False
+    return name == "glibc" and have >= (major, minor)
+
+
+def huge_pages_for_malloc() -> None:
+    """This process run again (``os.execve``, the same command line) with ``malloc_huge_pages_env``'s
+    environment, where it gives one; only from ``parity``'s own command line (``parity.__main__``),
+    never inside a caller's process."""
+    import os
+
+    env = malloc_huge_pages_env(dict(os.environ))
+    if env is not None and sys.executable:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
 def run(args: argparse.Namespace) -> int:
     huge_pages_for_torch()
     try:
